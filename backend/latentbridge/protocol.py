@@ -1,0 +1,520 @@
+"""The wire format: every request, event and error, as pydantic models.
+
+This module is the one source of truth for what crosses a process boundary. The server
+validates with it, the OpenAPI/JSON Schema documents are generated from it, results embed
+`GenerationRequest` as JSON, and the Blender add-on (which cannot import this package) is held to
+the same format by the shared test vectors in `tests/vectors/`.
+
+It imports nothing heavy (no torch, no aiohttp) so any client can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+PROTOCOL_VERSION = 1
+WS_PATH = "/api/v1/ws"
+DEFAULT_PORT = 7423  # neither A1111's 7860 nor ComfyUI's 8188
+
+# Hard ceilings of the request model itself; the server may configure tighter limits.
+MAX_SIDE = 4096
+MAX_STEPS = 150
+MAX_BATCH = 8
+MAX_SEED = 2**32 - 1
+
+
+class Mode(str, Enum):
+    txt2img = "txt2img"
+    img2img = "img2img"
+    inpaint = "inpaint"
+    outpaint = "outpaint"
+
+
+class Sampler(str, Enum):
+    euler = "euler"
+    euler_a = "euler_a"
+    dpmpp_2m = "dpmpp_2m"
+    dpmpp_2m_karras = "dpmpp_2m_karras"
+    dpmpp_sde_karras = "dpmpp_sde_karras"
+    ddim = "ddim"
+    unipc = "unipc"
+    lcm = "lcm"
+    heun = "heun"
+    pndm = "pndm"
+
+
+class Seamless(str, Enum):
+    none = "none"
+    x = "x"
+    y = "y"
+    xy = "xy"
+
+    @property
+    def wraps_x(self) -> bool:
+        return self in (Seamless.x, Seamless.xy)
+
+    @property
+    def wraps_y(self) -> bool:
+        return self in (Seamless.y, Seamless.xy)
+
+
+class Strict(BaseModel):
+    # Unknown fields are an error: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class MaskOptions(Strict):
+    blur: int = Field(4, ge=0, le=256, description="Gaussian feather radius in pixels")
+    invert: bool = Field(False, description="Repaint the unmasked area instead")
+    only_masked: bool = Field(
+        False, description="Crop around the mask (plus padding), generate at working size, paste back"
+    )
+    padding: int = Field(32, ge=0, le=1024, description="Context pixels around the mask when only_masked")
+
+
+class OutpaintExtent(Strict):
+    left: int = Field(0, ge=0, le=2048)
+    top: int = Field(0, ge=0, le=2048)
+    right: int = Field(0, ge=0, le=2048)
+    bottom: int = Field(0, ge=0, le=2048)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.left or self.top or self.right or self.bottom)
+
+
+class LoraSpec(Strict):
+    name: str = Field(..., min_length=1, max_length=512, description="File name inside a LoRA directory, or a path the server allows")
+    weight: float = Field(1.0, ge=-4.0, le=4.0)
+
+
+class PreviewOptions(Strict):
+    decoder: Literal["latent2rgb", "taesd", "vae", "none"] = "latent2rgb"
+    max_size: int = Field(256, ge=16, le=1024, description="Longest side of a preview in pixels")
+
+
+class GenerationRequest(Strict):
+    """A whole generation. Stored with every result, so any image can be regenerated exactly."""
+
+    mode: Mode = Mode.txt2img
+    prompt: str = Field("", max_length=10_000)
+    negative_prompt: str = Field("", max_length=10_000)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent; always reported back")
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance: float = Field(7.0, ge=0.0, le=30.0)
+    strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img/inpaint denoising strength")
+    width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    sampler: Sampler = Sampler.euler_a
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    seamless: Seamless = Seamless.none
+    mask: MaskOptions = Field(default_factory=MaskOptions)
+    outpaint: OutpaintExtent = Field(default_factory=OutpaintExtent)
+    model: str | None = Field(None, max_length=1024, description="Model to use; the loaded model when absent")
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    preview: PreviewOptions = Field(default_factory=PreviewOptions)
+
+    @model_validator(mode="after")
+    def _mode_consistency(self) -> "GenerationRequest":
+        if self.mode is Mode.outpaint and not self.outpaint.any:
+            raise ValueError("outpaint needs at least one non-zero extent in `outpaint`")
+        return self
+
+    def needs_init_image(self) -> bool:
+        return self.mode is not Mode.txt2img
+
+    def needs_mask(self) -> bool:
+        return self.mode is Mode.inpaint
+
+    def with_seed(self, seed: int) -> "GenerationRequest":
+        return self.model_copy(update={"seed": seed})
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorCode(str, Enum):
+    bad_message = "bad_message"  # not JSON, unknown type, wrong binary header
+    invalid_request = "invalid_request"  # a field failed validation (see `field`)
+    bad_image = "bad_image"  # undecodable / truncated / wrong size image
+    missing_image = "missing_image"  # mode needs an init image or mask that was not sent
+    too_large = "too_large"  # body, message, pixel or upload limit exceeded
+    unknown_model = "unknown_model"
+    model_not_ready = "model_not_ready"
+    model_load_failed = "model_load_failed"
+    unsupported = "unsupported"  # mode/sampler/family combination the engine cannot do
+    unknown_job = "unknown_job"
+    queue_full = "queue_full"
+    cancelled = "cancelled"
+    out_of_memory = "out_of_memory"
+    timeout = "timeout"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    internal = "internal"
+
+
+class LatentBridgeError(Exception):
+    """An error with a wire code. Raised anywhere; the server turns it into an `ErrorEvent`."""
+
+    code: ErrorCode = ErrorCode.internal
+
+    def __init__(self, message: str, *, field: str | None = None, code: ErrorCode | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_event(self, job_id: str | None = None) -> "ErrorEvent":
+        return ErrorEvent(job_id=job_id, code=self.code, message=self.message, field=self.field)
+
+
+class InvalidRequest(LatentBridgeError):
+    code = ErrorCode.invalid_request
+
+
+class BadImage(LatentBridgeError):
+    code = ErrorCode.bad_image
+
+
+class MissingImage(LatentBridgeError):
+    code = ErrorCode.missing_image
+
+
+class TooLarge(LatentBridgeError):
+    code = ErrorCode.too_large
+
+
+class UnknownModel(LatentBridgeError):
+    code = ErrorCode.unknown_model
+
+
+class Unsupported(LatentBridgeError):
+    code = ErrorCode.unsupported
+
+
+class Cancelled(LatentBridgeError):
+    code = ErrorCode.cancelled
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)
+
+
+class OutOfMemory(LatentBridgeError):
+    code = ErrorCode.out_of_memory
+
+
+def error_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """First pydantic error as a typed InvalidRequest naming the offending field (dotted path)."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
+    return InvalidRequest(f"{field or 'request'}: {first.get('msg', 'invalid value')}", field=field or None)
+
+
+def parse_request(data: Any) -> GenerationRequest:
+    """Validate a JSON-like object into a GenerationRequest or raise InvalidRequest."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("request must be a JSON object", field="request")
+    try:
+        return GenerationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise error_from_validation(exc) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Websocket messages, client → server (JSON text frames)
+
+
+class HelloMessage(Strict):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    client: str = Field("", max_length=200)
+    token: str | None = Field(None, max_length=512, description="Alternative to the Authorization header")
+
+
+class SubmitMessage(Strict):
+    """Submit a job. Images are uploaded first as binary `upload` frames; `images` maps a role
+    ("init", "mask") to the `upload_id` of such a frame."""
+
+    type: Literal["submit"] = "submit"
+    client_ref: str | None = Field(None, max_length=200, description="Echoed in `accepted` to correlate")
+    request: GenerationRequest
+    images: dict[Literal["init", "mask"], str] = Field(default_factory=dict)
+    priority: Literal["interactive", "normal", "batch"] = "normal"
+
+
+class CancelMessage(Strict):
+    type: Literal["cancel"] = "cancel"
+    job_id: str = Field(..., max_length=100)
+
+
+class AttachMessage(Strict):
+    """Re-attach to a job (after a reconnect): the server replies with its status and, for a
+    finished job, re-sends its results."""
+
+    type: Literal["attach"] = "attach"
+    job_id: str = Field(..., max_length=100)
+
+
+class PingMessage(Strict):
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[
+    Union[HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage], Field(discriminator="type")
+]
+_client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+def parse_client_message(text: str | bytes) -> HelloMessage | SubmitMessage | CancelMessage | AttachMessage | PingMessage:
+    """Decode one JSON text frame from a client, or raise a typed LatentBridgeError."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise LatentBridgeError("message is not valid JSON", code=ErrorCode.bad_message) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise LatentBridgeError("message must be a JSON object with a string `type`", field="type", code=ErrorCode.bad_message)
+    if data["type"] not in {"hello", "submit", "cancel", "attach", "ping"}:
+        raise LatentBridgeError(f"unknown message type {data['type']!r}", field="type", code=ErrorCode.bad_message)
+    try:
+        return _client_message_adapter.validate_python(data)
+    except ValidationError as exc:
+        err = error_from_validation(exc)
+        # The discriminator is the first element of pydantic's location; drop it.
+        if err.field and err.field.startswith(data["type"] + "."):
+            err.field = err.field[len(data["type"]) + 1 :]
+            err.message = err.message[len(data["type"]) + 1 :]
+        raise err from None
+
+
+# --------------------------------------------------------------------------------------------
+# Events, server → client (JSON text frames; also the SSE payloads of the HTTP API)
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+    failed = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.done, JobState.cancelled, JobState.failed)
+
+
+class ModelState(str, Enum):
+    loading = "loading"
+    downloading = "downloading"
+    ready = "ready"
+    failed = "failed"
+
+
+class ModelStatus(BaseModel):
+    name: str | None = None
+    family: str | None = None
+    state: ModelState = ModelState.loading
+    progress: float | None = Field(None, description="0..1 while downloading, when known")
+    error: str | None = None
+    inpaint_native: bool = False
+    device: str | None = None
+    dtype: str | None = None
+
+
+class Limits(BaseModel):
+    max_width: int
+    max_height: int
+    max_pixels: int
+    max_steps: int
+    max_batch: int
+    max_message_bytes: int
+    max_queue: int
+
+
+class Capabilities(BaseModel):
+    modes: list[Mode]
+    samplers: list[Sampler]
+    families: list[str]
+    seamless: list[Seamless]
+    preview_decoders: list[str]
+    limits: Limits
+
+
+class HelloEvent(BaseModel):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    server: str
+    capabilities: Capabilities
+    model: ModelStatus
+
+
+class AcceptedEvent(BaseModel):
+    type: Literal["accepted"] = "accepted"
+    job_id: str
+    client_ref: str | None = None
+    position: int = Field(..., description="0 = next to run")
+
+
+class StartedEvent(BaseModel):
+    type: Literal["started"] = "started"
+    job_id: str
+    seed: int
+
+
+class ProgressEvent(BaseModel):
+    type: Literal["progress"] = "progress"
+    job_id: str
+    step: int
+    total: int
+    eta_s: float | None = None
+
+
+class ResultEvent(BaseModel):
+    """Announces one finished image; its bytes follow as a binary `result` frame (websocket) or at
+    `url` (HTTP)."""
+
+    type: Literal["result"] = "result"
+    job_id: str
+    index: int
+    seed: int
+    width: int
+    height: int
+    request: GenerationRequest
+    url: str | None = None
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"] = "done"
+    job_id: str
+    count: int
+    elapsed_s: float
+
+
+class CancelledEvent(BaseModel):
+    type: Literal["cancelled"] = "cancelled"
+    job_id: str
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    job_id: str | None = None
+    code: ErrorCode
+    message: str
+    field: str | None = None
+
+
+class StatusEvent(BaseModel):
+    """Reply to `attach`, and the body of `GET /api/v1/jobs/{id}`."""
+
+    type: Literal["status"] = "status"
+    job_id: str
+    state: JobState
+    position: int | None = None
+    step: int | None = None
+    total: int | None = None
+    result_count: int = 0
+    request: GenerationRequest | None = None
+    error: ErrorEvent | None = None
+    created_at: float | None = None
+    finished_at: float | None = None
+
+
+class PongEvent(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+ServerEvent = Annotated[
+    Union[
+        HelloEvent,
+        AcceptedEvent,
+        StartedEvent,
+        ProgressEvent,
+        ResultEvent,
+        DoneEvent,
+        CancelledEvent,
+        ErrorEvent,
+        StatusEvent,
+        PongEvent,
+    ],
+    Field(discriminator="type"),
+]
+server_event_adapter: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
+
+
+def parse_server_event(text: str | bytes) -> BaseModel:
+    return server_event_adapter.validate_json(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Binary frames: u32 big-endian header length, UTF-8 JSON header, then the payload bytes.
+
+BinaryKind = Literal["upload", "preview", "result"]
+ImageFormat = Literal["png", "jpeg", "webp"]
+MAX_BINARY_HEADER = 4096
+
+
+class BinaryHeader(Strict):
+    kind: BinaryKind
+    format: ImageFormat
+    job_id: str | None = Field(None, max_length=100, description="Set on preview/result frames")
+    upload_id: str | None = Field(None, max_length=100, description="Set on upload frames; named in `submit.images`")
+    index: int = Field(0, ge=0, le=1024)
+    step: int | None = Field(None, ge=0, description="Preview frames: the step it shows")
+    total: int | None = Field(None, ge=0)
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ids(self) -> "BinaryHeader":
+        if self.kind == "upload" and not self.upload_id:
+            raise ValueError("upload frames need `upload_id`")
+        if self.kind != "upload" and not self.job_id:
+            raise ValueError(f"{self.kind} frames need `job_id`")
+        return self
+
+
+def encode_binary_frame(header: BinaryHeader, payload: bytes) -> bytes:
+    head = header.model_dump_json(exclude_none=True).encode()
+    return struct.pack(">I", len(head)) + head + payload
+
+
+def decode_binary_frame(frame: bytes) -> tuple[BinaryHeader, bytes]:
+    """Split a binary frame, or raise a typed `bad_message` error saying what is wrong."""
+    if len(frame) < 4:
+        raise LatentBridgeError("binary frame shorter than its 4-byte header length", code=ErrorCode.bad_message)
+    (n,) = struct.unpack(">I", frame[:4])
+    if n == 0 or n > MAX_BINARY_HEADER:
+        raise LatentBridgeError(f"binary header length {n} out of range 1..{MAX_BINARY_HEADER}", code=ErrorCode.bad_message)
+    if len(frame) < 4 + n:
+        raise LatentBridgeError("binary frame truncated inside its header", code=ErrorCode.bad_message)
+    try:
+        data = json.loads(frame[4 : 4 + n])
+    except (ValueError, UnicodeDecodeError):
+        raise LatentBridgeError("binary header is not valid JSON", code=ErrorCode.bad_message) from None
+    if not isinstance(data, dict):
+        raise LatentBridgeError("binary header must be a JSON object", code=ErrorCode.bad_message)
+    try:
+        header = BinaryHeader.model_validate(data)
+    except ValidationError as exc:
+        err = error_from_validation(exc, prefix="header")
+        err.code = ErrorCode.bad_message
+        raise err from None
+    return header, frame[4 + n :]
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schema of the request, client messages and server events (for docs and OpenAPI)."""
+    return {
+        "GenerationRequest": GenerationRequest.model_json_schema(),
+        "ClientMessage": _client_message_adapter.json_schema(),
+        "ServerEvent": server_event_adapter.json_schema(),
+        "BinaryHeader": BinaryHeader.model_json_schema(),
+    }

@@ -1,0 +1,104 @@
+"""One settings object for the whole backend: defaults < environment (LATENTBRIDGE_*) < CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .protocol import DEFAULT_PORT, MAX_BATCH, MAX_SIDE, MAX_STEPS
+
+ENV_PREFIX = "LATENTBRIDGE_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "latentbridge"
+
+
+class Settings(BaseModel):
+    # --- model / engine ---
+    model: str = Field("tiny", description="Hub id, local diffusers folder, single .safetensors file, or `tiny`")
+    model_config_dir: str | None = Field(
+        None, description="Local diffusers folder whose configs a single-file checkpoint should use"
+    )
+    model_dirs: list[Path] = Field(default_factory=list, description="Folders a remote client may pick models from")
+    lora_dirs: list[Path] = Field(default_factory=list, description="Folders LoRA names resolve in")
+    device: str | None = Field(None, description="cuda, cuda:1, mps or cpu; automatic when unset")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(None, description="Automatic when unset")
+    allow_pickle: bool = Field(False, description="Allow .ckpt/.bin/.pt pickle weights (unsafe: code execution)")
+    vae_slicing: bool = False
+    vae_tiling: Literal["auto", "on", "off"] = Field("auto", description="auto: tile when larger than native size")
+    cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs")
+    taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) id or folder for better previews")
+    offline: bool = Field(False, description="Never reach a model hub")
+
+    # --- server ---
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    token: str | None = Field(None, description="Bearer token; required when listening beyond loopback")
+    allowed_origins: list[str] = Field(default_factory=list, description="Browser origins trusted besides none")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header names accepted")
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # --- limits ---
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_width: int = MAX_SIDE
+    max_height: int = MAX_SIDE
+    max_pixels: int = 2048 * 2048
+    max_steps: int = MAX_STEPS
+    max_batch: int = MAX_BATCH
+    max_queue: int = 32
+    job_timeout_s: float = 600.0
+    retention_jobs: int = 500
+    preview_interval_s: float = Field(0.1, description="At most one preview per client this often")
+
+    def engine_view(self) -> dict[str, Any]:
+        return self.model_dump(include={"model", "device", "dtype"})
+
+
+# Fields settable from the environment / command line, with their flag names.
+_LIST_FIELDS = {"model_dirs", "lora_dirs", "allowed_origins", "allowed_hosts"}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    if name in _LIST_FIELDS:
+        return [p for p in raw.split(os.pathsep if name.endswith("dirs") else ",") if p]
+    return raw
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    return values
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, fields: list[str] | None = None) -> None:
+    """Add `--flag` for each settings field (all of them unless `fields` narrows it)."""
+    for name, info in Settings.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = info.description or ""
+        if info.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        elif name in _LIST_FIELDS:
+            parser.add_argument(flag, dest=name, action="append", default=None, help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    values = settings_from_env(environ)
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None})
+    values.update(overrides)
+    return Settings.model_validate(values)
