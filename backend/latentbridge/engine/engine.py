@@ -1,0 +1,248 @@
+"""The engine: one loaded model, one generation at a time. Knows nothing of HTTP.
+
+The jobs layer calls `load` and `generate` from one worker thread per device; `status` may be
+read from any thread. See docs/architecture.md for the contract.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import secrets
+import threading
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+
+from ..protocol import (
+    MAX_SEED,
+    ErrorCode,
+    GenerationRequest,
+    LatentBridgeError,
+    MissingImage,
+    ModelState,
+    ModelStatus,
+    OutOfMemory,
+    Seamless,
+    Unsupported,
+)
+from ..settings import Settings
+from . import models
+from .generate import GenerationResult, StepUpdate, _Run, run_mode
+from .lora import applied_loras
+from .preview import LatentPreviewer
+from .seamless import set_seamless
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Loads a model and turns requests into images.
+
+    `local=True` is for an in-process caller that names models and LoRAs by any path (the CLI);
+    the server keeps the default, where names resolve only to built-ins, the configured model and
+    files inside the configured model / LoRA folders.
+    """
+
+    def __init__(self, settings: Settings, *, local: bool = False):
+        self.settings = settings
+        self.local = local
+        self._model: models.LoadedModel | None = None
+        self._taesd = None
+        self._lock = threading.Lock()
+        self._status = ModelStatus(name=settings.model, state=ModelState.loading)
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def status(self) -> ModelStatus:
+        with self._lock:
+            return self._status.model_copy()
+
+    def _set_status(self, **values) -> None:
+        with self._lock:
+            self._status = self._status.model_copy(update=values)
+
+    @property
+    def capabilities_families(self) -> list[str]:
+        return list(models.FAMILIES)
+
+    @property
+    def model(self) -> models.LoadedModel | None:
+        return self._model
+
+    def list_models(self) -> list[str]:
+        return models.list_local_models(self.settings)
+
+    # ---------------------------------------------------------------- loading
+
+    def load(self, model: str | None = None) -> ModelStatus:
+        """Load `model` (default: the configured one), replacing the current model. Blocking."""
+        name = model or self.settings.model
+        if self._model is not None and self._model.name == name:
+            return self.status
+        self._set_status(name=name, family=None, state=ModelState.loading, error=None)
+        previous, self._model = self._model, None
+        del previous
+        _free_memory()
+        try:
+            loaded = models.load(name, self.settings, local=self.local)
+        except LatentBridgeError as exc:
+            self._set_status(state=ModelState.failed, error=exc.message)
+            raise
+        except Exception as exc:  # an unexpected loader failure must still leave a clear status
+            log.exception("loading %s failed", name)
+            self._set_status(state=ModelState.failed, error=f"{type(exc).__name__}: {exc}")
+            raise LatentBridgeError(f"could not load {name}: {type(exc).__name__}: {exc}", field="model", code=ErrorCode.model_load_failed) from None
+        self._model = loaded
+        self._set_status(
+            name=name,
+            family=loaded.family,
+            state=ModelState.ready,
+            error=None,
+            inpaint_native=loaded.inpaint_native,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+        )
+        log.info("model %s ready (%s, %s, %s)", name, loaded.family, loaded.device, loaded.dtype)
+        return self.status
+
+    # ---------------------------------------------------------------- generating
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        init_image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        on_step=None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        if request.needs_init_image() and init_image is None:
+            raise MissingImage(f"mode {request.mode.value} needs an init image", field="init_image")
+        if request.needs_mask() and mask is None:
+            raise MissingImage("mode inpaint needs a mask", field="mask")
+        if request.model and (self._model is None or request.model != self._model.name):
+            self.load(request.model)
+        elif self._model is None:
+            self.load()
+        model = self._model
+        self._check_supported(model, request)
+
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
+        previewer = self._previewer(model, request) if on_step is not None else None
+        tile_vae = self._tile_vae(model, request)
+        # On CPU each image of a batch is its own call: batched arithmetic rounds differently, and
+        # image i must be bit-identical to a batch-1 request with seed + i (what its PNG embeds).
+        # Elsewhere the batch runs in one call, for speed.
+        groups = [[s] for s in seeds] if model.device.type == "cpu" else [seeds]
+        images: list[Image.Image] = []
+        try:
+            with applied_loras(model.base, request.loras, self.settings, local=self.local), self._seamless(model, request.seamless):
+                for index, group in enumerate(groups):
+                    run = _Run(
+                        model=model,
+                        request=request,
+                        seeds=group,
+                        previewer=previewer,
+                        on_step=_batch_progress(on_step, index, len(groups)),
+                        cancel=cancel,
+                        tile_vae=tile_vae,
+                    )
+                    with torch.inference_mode():
+                        images += run_mode(run, init_image, mask)
+        except torch.OutOfMemoryError:
+            _free_memory()
+            raise OutOfMemory(_oom_message(request)) from None
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            _free_memory()  # MPS and some CUDA paths report OOM as a plain RuntimeError
+            raise OutOfMemory(_oom_message(request)) from None
+        return GenerationResult(images=images, seeds=seeds, request=request)
+
+    def _check_supported(self, model: models.LoadedModel, request: GenerationRequest) -> None:
+        if request.mode not in models.FAMILY_MODES.get(model.family, set()):
+            raise Unsupported(f"mode {request.mode.value} is not supported for {model.family} models", field="mode")
+        if request.seamless is not Seamless.none and model.family not in models.SEAMLESS_FAMILIES:
+            raise Unsupported(
+                f"seamless tiling needs a convolutional UNet model (SD 1.x/2.x, SDXL), not {model.family}", field="seamless"
+            )
+
+    def _tile_vae(self, model: models.LoadedModel, request: GenerationRequest) -> bool:
+        mode = self.settings.vae_tiling
+        if mode == "on":
+            return True
+        if mode == "off":
+            return False
+        width = request.width + request.outpaint.left + request.outpaint.right
+        height = request.height + request.outpaint.top + request.outpaint.bottom
+        return max(width, height) > model.native_size
+
+    @contextmanager
+    def _seamless(self, model: models.LoadedModel, seamless: Seamless):
+        if seamless is Seamless.none:
+            yield
+            return
+        # Patched after LoRA layers are in place (they add convolutions), restored afterwards.
+        modules = [model.denoiser(), model.base.vae]
+        set_seamless(modules, seamless)
+        try:
+            yield
+        finally:
+            set_seamless(modules, Seamless.none)
+
+    def _previewer(self, model: models.LoadedModel, request: GenerationRequest) -> LatentPreviewer | None:
+        decoder = request.preview.decoder
+        if decoder == "none":
+            return None
+        taesd = None
+        if decoder == "taesd":
+            taesd = self._load_taesd(model)
+            if taesd is None:
+                log.warning("preview decoder 'taesd' requested but no TAESD is configured: using latent2rgb")
+                decoder = "latent2rgb"
+        width = request.width + request.outpaint.left + request.outpaint.right
+        height = request.height + request.outpaint.top + request.outpaint.bottom
+        return LatentPreviewer(model.family, decoder, taesd=taesd, vae=model.base.vae, image_size=(width, height))
+
+    def _load_taesd(self, model: models.LoadedModel):
+        if not self.settings.taesd:
+            return None
+        if self._taesd is None:
+            from diffusers import AutoencoderTiny
+
+            try:
+                self._taesd = AutoencoderTiny.from_pretrained(
+                    self.settings.taesd, dtype=model.dtype, local_files_only=self.settings.offline
+                ).to(model.device)
+            except (OSError, ValueError) as exc:
+                log.warning("could not load TAESD %s: %s", self.settings.taesd, exc)
+                return None
+        return self._taesd
+
+
+def _batch_progress(on_step, index: int, count: int):
+    """Report the steps of call `index` of `count` as one progress over the whole batch."""
+    if on_step is None or count == 1:
+        return on_step
+
+    def report(update: StepUpdate) -> None:
+        on_step(StepUpdate(index * update.total + update.step, count * update.total, update.elapsed_s, update.preview))
+
+    return report
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _oom_message(request: GenerationRequest) -> str:
+    return (
+        f"out of GPU memory at {request.width}x{request.height} x{request.batch_size}: try a smaller size or batch, "
+        "or start the server with --cpu-offload / --vae-slicing"
+    )

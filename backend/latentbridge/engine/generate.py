@@ -1,0 +1,266 @@
+"""One generation on a loaded model: the modes, previews, cancellation and decoding.
+
+Every mode ends in the same denoising call (`_denoise`) on one of the model's three shared
+pipelines, with a fresh scheduler for the chosen sampler and one CPU generator per image (so a
+seed means the same image on every device). The pipelines return latents; decoding is ours so a
+large image decodes in tiles and a seamless one stays seamless (`seamless.decode_latents`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import images
+from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode
+from .models import LoadedModel
+from .preview import LatentPreviewer
+from .samplers import FLOW_FAMILIES, make_scheduler
+from .seamless import decode_latents
+
+OUTPAINT_MIN_FEATHER = 8  # px of seam blending when the request's mask blur is smaller
+
+
+class StepUpdate:
+    """Progress of one denoising step. `preview()` is lazy: it costs time only when called, and
+    must be called inside the `on_step` callback (the latents are only valid then)."""
+
+    def __init__(self, step: int, total: int, elapsed_s: float, preview: Callable[[], Image.Image | None]):
+        self.step = step
+        self.total = total
+        self.elapsed_s = elapsed_s
+        self._preview = preview
+
+    def preview(self) -> Image.Image | None:
+        return self._preview()
+
+    def __repr__(self) -> str:
+        return f"StepUpdate(step={self.step}, total={self.total}, elapsed_s={self.elapsed_s:.3f})"
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    request: GenerationRequest
+
+
+@dataclass
+class _Run:
+    """What every denoising call of one request shares."""
+
+    model: LoadedModel
+    request: GenerationRequest
+    seeds: list[int]
+    previewer: LatentPreviewer | None
+    on_step: Callable[[StepUpdate], None] | None
+    cancel: object | None  # threading.Event
+    tile_vae: bool
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+
+
+class _CleanLatentTap:
+    """Records the scheduler's predicted clean latent (x0) at each step, for previews.
+
+    Euler/DDIM/LCM/Heun return it from `step`; the multistep solvers (DPM++, UniPC) keep it as
+    their latest model output. Others fall back to the current (noisy) latents.
+    """
+
+    def __init__(self, scheduler):
+        self.latest: torch.Tensor | None = None
+        original = scheduler.step
+
+        # wraps: pipelines inspect step's signature to decide whether to pass `generator`/`eta`.
+        @functools.wraps(original)
+        def step(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.latest = self._clean(out, scheduler)
+            return out
+
+        scheduler.step = step  # instance attribute: the scheduler is private to this request
+
+    @staticmethod
+    def _clean(out, scheduler) -> torch.Tensor | None:
+        if isinstance(out, tuple):
+            if len(out) > 1 and isinstance(out[1], torch.Tensor):
+                return out[1]
+        else:
+            for name in ("pred_original_sample", "denoised"):
+                value = getattr(out, name, None)
+                if isinstance(value, torch.Tensor):
+                    return value
+        outputs = getattr(scheduler, "model_outputs", None)
+        if outputs and isinstance(outputs[-1], torch.Tensor) and scheduler.config.get("algorithm_type", "dpmsolver++") != "dpmsolver":
+            return outputs[-1]
+        return None
+
+
+def _generators(seeds: list[int]) -> list[torch.Generator]:
+    # CPU generators: the same seed gives the same noise on CUDA, MPS and CPU.
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> list[Image.Image]:
+    """Run one pipeline call and decode its output into PIL images of width x height."""
+    model, request = run.model, run.request
+    pipe = model.pipe(kind)
+    scheduler = make_scheduler(request.sampler, model.scheduler, model.family)
+    tap = _CleanLatentTap(scheduler)
+    pipe.scheduler = scheduler  # one request at a time per engine: see Engine
+    started = time.perf_counter()
+
+    def on_step_end(pipeline, step_index, timestep, callback_kwargs):
+        run.check_cancel()
+        if run.on_step is not None:
+            latents = callback_kwargs["latents"]
+            total = int(getattr(pipeline, "_num_timesteps", 0) or request.steps)
+
+            def preview() -> Image.Image | None:
+                if run.previewer is None:
+                    return None
+                source = tap.latest if tap.latest is not None and tap.latest.shape == latents.shape else latents
+                return run.previewer.to_image(source, request.preview.max_size)
+
+            run.on_step(StepUpdate(step_index + 1, total, time.perf_counter() - started, preview))
+        return callback_kwargs
+
+    kwargs = dict(
+        prompt=request.prompt,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=len(run.seeds),
+        generator=_generators(run.seeds),
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+        width=width,
+        height=height,
+    )
+    if model.family != "flux":  # Flux (guidance-distilled) takes no negative prompt
+        kwargs["negative_prompt"] = request.negative_prompt or None
+    kwargs.update(mode_kwargs)
+    run.check_cancel()
+    decodes_itself = model.family in FLOW_FAMILIES  # packed/transformer latents: the pipeline decodes
+    vae = pipe.vae
+    if decodes_itself:
+        if run.tile_vae and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        try:
+            out = pipe(output_type="pil", **kwargs).images
+        finally:
+            if run.tile_vae and hasattr(vae, "disable_tiling"):
+                vae.disable_tiling()
+        return [im.convert("RGB").resize((width, height)) if im.size != (width, height) else im.convert("RGB") for im in out]
+    latents = pipe(output_type="latent", **kwargs).images
+    run.check_cancel()
+    return _decode(run, latents, width, height)
+
+
+def _decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+    model, request = run.model, run.request
+    vae = model.base.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:  # SDXL's VAE overflows in fp16: decode in fp32, as diffusers' pipelines do
+        vae.to(torch.float32)
+    try:
+        tile_latent = max(8, model.native_size // model.vae_scale)
+        with torch.no_grad():
+            pixels = decode_latents(vae, latents, request.seamless, tile=run.tile_vae, tile_latent=tile_latent, overlap=tile_latent // 4)
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    arrays = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arrays]
+    return [im if im.size == (width, height) else im.resize((width, height), Image.Resampling.LANCZOS) for im in out]
+
+
+# --------------------------------------------------------------------------------------------
+# Modes
+
+
+def _ceil8(v: int) -> int:
+    return max(64, math.ceil(v / 8) * 8)
+
+
+def txt2img(run: _Run) -> list[Image.Image]:
+    r = run.request
+    if run.model.inpaint_native:
+        # A dedicated inpainting model has no text-to-image pipeline: repaint a blank canvas fully.
+        blank = Image.new("RGB", (r.width, r.height), (127, 127, 127))
+        full = Image.new("L", (r.width, r.height), 255)
+        return _denoise(run, "inpaint", r.width, r.height, image=blank, mask_image=full, strength=1.0)
+    return _denoise(run, "text2image", r.width, r.height)
+
+
+def img2img(run: _Run, init: Image.Image) -> list[Image.Image]:
+    r = run.request
+    init = _fit(init, r.width, r.height)
+    if run.model.inpaint_native:
+        full = Image.new("L", (r.width, r.height), 255)
+        return _denoise(run, "inpaint", r.width, r.height, image=init, mask_image=full, strength=r.strength)
+    return _denoise(run, "image2image", r.width, r.height, image=init, strength=r.strength)
+
+
+def inpaint(run: _Run, init: Image.Image, mask: Image.Image) -> list[Image.Image]:
+    r = run.request
+    init = _fit(init, r.width, r.height)
+    full_mask = images.prepare_mask(mask, init.size, r.mask.blur, r.mask.invert)
+    if full_mask.getbbox() is None:
+        raise InvalidRequest("the mask is empty: nothing to repaint (white = repaint; check `mask.invert`)", field="mask")
+    if not r.mask.only_masked:
+        generated = _repaint(run, init, full_mask, r.width, r.height, r.strength)
+        return [images.composite(init, g, full_mask) for g in generated]
+    # "Only masked": work on a crop around the mask at the full working resolution, paste back.
+    box = images.mask_crop_box(full_mask, r.mask.padding, r.width / r.height)
+    crop, crop_mask = init.crop(box), full_mask.crop(box)
+    generated = _repaint(run, crop.resize((r.width, r.height), Image.Resampling.LANCZOS),
+                         crop_mask.resize((r.width, r.height), Image.Resampling.BILINEAR), r.width, r.height, r.strength)
+    results = []
+    for g in generated:
+        pasted = init.copy()
+        pasted.paste(g.resize(crop.size, Image.Resampling.LANCZOS), box[:2])
+        results.append(images.composite(init, pasted, full_mask))
+    return results
+
+
+def outpaint(run: _Run, init: Image.Image) -> list[Image.Image]:
+    r = run.request
+    init = _fit(init, r.width, r.height)
+    canvas, mask = images.extend_canvas(init, r.outpaint, feather=max(OUTPAINT_MIN_FEATHER, r.mask.blur))
+    # Models need sizes in multiples of 8: generate at the rounded-up size, resize back.
+    work_w, work_h = _ceil8(canvas.width), _ceil8(canvas.height)
+    generated = _repaint(run, canvas.resize((work_w, work_h), Image.Resampling.LANCZOS),
+                         mask.resize((work_w, work_h), Image.Resampling.BILINEAR), work_w, work_h, r.strength)
+    return [images.composite(canvas, g, mask) for g in generated]
+
+
+def _repaint(run: _Run, image: Image.Image, mask: Image.Image, width: int, height: int, strength: float) -> list[Image.Image]:
+    return _denoise(run, "inpaint", width, height, image=image, mask_image=mask, strength=strength)
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The init image as RGB at the request's size (alpha dropped: masks carry transparency)."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def run_mode(run: _Run, init: Image.Image | None, mask: Image.Image | None) -> list[Image.Image]:
+    mode = run.request.mode
+    if mode is Mode.txt2img:
+        return txt2img(run)
+    if mode is Mode.img2img:
+        return img2img(run, init)
+    if mode is Mode.inpaint:
+        return inpaint(run, init, mask)
+    return outpaint(run, init)

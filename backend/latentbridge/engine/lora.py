@@ -1,0 +1,65 @@
+"""LoRA files: resolved safely, applied for one request, removed afterwards.
+
+`applied_loras` loads each LoRA as a named adapter, sets the requested weights, and unloads them
+all when the request ends (even when it fails or is cancelled), so the next request runs on the
+untouched base weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..protocol import ErrorCode, LatentBridgeError, LoraSpec
+from ..settings import Settings
+from .models import PICKLE_WEIGHTS, SAFE_WEIGHTS, check_weights_file
+
+
+def resolve_lora(name: str, settings: Settings, *, local: bool) -> Path:
+    """A LoRA name → its file. Names resolve inside `settings.lora_dirs` (with or without the
+    .safetensors suffix); `local` callers (the CLI) may also give any path."""
+    for base in settings.lora_dirs:
+        base = Path(base).resolve()
+        for candidate in (base / name, base / (name + ".safetensors")):
+            try:
+                candidate.resolve().relative_to(base)
+            except ValueError:
+                raise LatentBridgeError(f"LoRA {name!r} is outside the LoRA folders", field="loras", code=ErrorCode.invalid_request) from None
+            if candidate.is_file():
+                return candidate
+    if local:
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+    where = ", ".join(str(d) for d in settings.lora_dirs) or "no --lora-dirs configured"
+    raise LatentBridgeError(f"LoRA {name!r} not found ({where})", field="loras", code=ErrorCode.invalid_request)
+
+
+@contextmanager
+def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: bool):
+    if not loras:
+        yield
+        return
+    adapters: list[str] = []
+    try:
+        for index, spec in enumerate(loras):
+            path = resolve_lora(spec.name, settings, local=local)
+            if path.suffix.lower() not in SAFE_WEIGHTS + PICKLE_WEIGHTS:
+                raise LatentBridgeError(f"LoRA {path.name}: expected a .safetensors file", field="loras", code=ErrorCode.invalid_request)
+            check_weights_file(path, settings.allow_pickle, what="LoRA")
+            adapter = f"latentbridge_{index}"
+            try:
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+                raise LatentBridgeError(
+                    f"LoRA {path.name} could not be applied to this model: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+                    field="loras",
+                    code=ErrorCode.invalid_request,
+                ) from None
+            adapters.append(adapter)
+        pipe.set_adapters(adapters, adapter_weights=[spec.weight for spec in loras])
+        yield
+    finally:
+        if adapters:
+            # Removes the LoRA layers entirely: the base modules are back as they were.
+            pipe.unload_lora_weights()
