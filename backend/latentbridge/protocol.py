@@ -431,6 +431,20 @@ class PongEvent(BaseModel):
     type: Literal["pong"] = "pong"
 
 
+class PreviewEvent(BaseModel):
+    """A preview as JSON, for the HTTP event stream (SSE) only; the websocket sends previews as
+    binary `preview` frames instead."""
+
+    type: Literal["preview"] = "preview"
+    job_id: str
+    step: int
+    total: int
+    width: int
+    height: int
+    format: Literal["png", "jpeg", "webp"] = "jpeg"
+    data: str = Field(..., description="The image bytes, base64")
+
+
 ServerEvent = Annotated[
     Union[
         HelloEvent,
@@ -443,6 +457,7 @@ ServerEvent = Annotated[
         ErrorEvent,
         StatusEvent,
         PongEvent,
+        PreviewEvent,
     ],
     Field(discriminator="type"),
 ]

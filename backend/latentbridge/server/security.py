@@ -1,0 +1,196 @@
+"""Who may talk to the server: Host/Origin checks, bearer token, safe model names.
+
+A web page in the user's browser can reach a server on 127.0.0.1. Three doors are closed here,
+on every route (websocket and A1111 routes included):
+
+- DNS rebinding: a page on `evil.example` whose name re-resolves to 127.0.0.1 sends
+  `Host: evil.example`. Only loopback names, IP literals, the configured host and
+  `--allowed-hosts` are accepted.
+- Cross-origin requests: browsers send `Origin` on every cross-origin POST and websocket
+  handshake. Any Origin not in `--allowed-origins` is refused, `Origin: null` (sandboxed
+  iframes, file: pages) included. `Sec-Fetch-Site: cross-site` without an allowed Origin too.
+- Plain HTML forms: they can POST without any script, with a CORS-"simple" content type. State
+  changing requests with such a content type are refused unless they carry a header no form can
+  set (`Authorization` or `X-LatentBridge-Client`).
+
+The bearer token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ..protocol import WS_PATH, ErrorCode, LatentBridgeError, UnknownModel
+from ..settings import Settings
+from .errors import error_response
+
+CLIENT_HEADER = "X-LatentBridge-Client"
+SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+BUILTIN_MODELS = {"tiny"}
+
+
+class StartupRefused(Exception):
+    """The settings are unsafe to serve with (e.g. no token beyond loopback)."""
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_startup(settings: Settings) -> None:
+    if not is_loopback(settings.host) and not settings.token:
+        raise StartupRefused(
+            f"refusing to listen on {settings.host} without a token: anyone on the network could use "
+            "this GPU. Pass --token (or LATENTBRIDGE_TOKEN), or listen on 127.0.0.1.")
+
+
+def _host_name(host_header: str) -> str:
+    """`Host` header → the bare name/address (port and IPv6 brackets removed), lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host
+
+
+def host_allowed(host_header: str | None, settings: Settings) -> bool:
+    if not host_header:
+        return False
+    name = _host_name(host_header)
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True  # an IP literal is not a DNS name, so it cannot be rebound
+    except ValueError:
+        pass
+    allowed = {h.lower() for h in settings.allowed_hosts}
+    allowed.add(settings.host.lower())
+    return name in allowed
+
+
+def _normalise_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def origin_allowed(origin: str, settings: Settings) -> bool:
+    origin = _normalise_origin(origin)
+    return origin != "null" and origin in {_normalise_origin(o) for o in settings.allowed_origins}
+
+
+def token_ok(presented: str | None, settings: Settings) -> bool:
+    if not settings.token:
+        return True
+    if presented is None:
+        return False
+    return hmac.compare_digest(presented.encode(), settings.token.encode())
+
+
+def bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _forbidden(message: str) -> web.Response:
+    return error_response(LatentBridgeError(message, code=ErrorCode.forbidden))
+
+
+def security_middleware(settings: Settings) -> Callable:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if not host_allowed(request.headers.get("Host"), settings):
+            return _forbidden("Host header not allowed (DNS rebinding protection); "
+                              "add the name with --allowed-hosts if it is yours")
+        origin = request.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, settings):
+            return _forbidden(f"cross-origin request from {origin[:100]!r} refused; "
+                              "trust an origin with --allowed-origins")
+        if origin is None and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            return _forbidden("cross-site browser request refused")
+        if request.method in STATE_CHANGING:
+            ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            has_custom = "Authorization" in request.headers or CLIENT_HEADER in request.headers
+            if ctype in SIMPLE_CONTENT_TYPES and not has_custom:
+                return _forbidden(f"content type {ctype} needs an {CLIENT_HEADER} or Authorization header "
+                                  "(plain HTML forms may not post here)")
+        presented = bearer(request)
+        if settings.token:
+            # The websocket may instead send its token in `hello` (checked by the ws handler).
+            ws_without_header = request.path == WS_PATH and presented is None
+            if not ws_without_header and not token_ok(presented, settings):
+                return error_response(LatentBridgeError("a valid bearer token is required",
+                                                        code=ErrorCode.unauthorized),
+                                      headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return middleware
+
+
+# ---------------------------------------------------------------------------------------------
+# Names a remote client may use
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def resolve_model_name(name: str, settings: Settings, loaded: str | None = None) -> str:
+    """A model name from a remote client → what the engine may load.
+
+    The configured or loaded model and the built-in `tiny` pass as they are; anything else must
+    be a file or folder inside one of `settings.model_dirs` (no absolute paths, no `..`, no
+    symlink escaping the folder, no hub ids: a remote client must not make the server fetch or
+    read arbitrary things).
+    """
+    if name in BUILTIN_MODELS or name == settings.model or (loaded is not None and name == loaded):
+        return name
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts or "\\" in name or not name.strip():
+        raise UnknownModel(f"model {name!r} is not allowed: name a model inside the server's model folders",
+                           field="model")
+    for folder in settings.model_dirs:
+        path = folder / candidate
+        if _inside(path, folder) and path.exists():
+            return str(path.resolve())
+    raise UnknownModel(f"no model {name!r} in the server's model folders; GET /api/v1/models lists them",
+                       field="model")
+
+
+def check_lora_names(names: list[str]) -> None:
+    for i, name in enumerate(names):
+        path = Path(name)
+        if path.is_absolute() or ".." in path.parts or "/" in name or "\\" in name:
+            raise LatentBridgeError(f"LoRA {name!r} is not allowed: give a file name inside the LoRA folders",
+                                    field=f"loras.{i}.name", code=ErrorCode.invalid_request)
+
+
+def list_models(settings: Settings) -> list[dict[str, str]]:
+    """Models a client may pick: diffusers folders and .safetensors files inside model_dirs."""
+    out: list[dict[str, str]] = []
+    for folder in settings.model_dirs:
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and (entry / "model_index.json").exists():
+                out.append({"name": entry.name, "kind": "diffusers", "path": str(entry)})
+            elif entry.is_file() and entry.suffix == ".safetensors":
+                out.append({"name": entry.name, "kind": "single_file", "path": str(entry)})
+    return out

@@ -1,0 +1,232 @@
+"""The websocket endpoint (`protocol.WS_PATH`); docs/protocol.md describes it in prose.
+
+One connection may run several jobs. For each job it follows, a forwarding task drains the job's
+`Subscription` and writes its events: JSON events as text frames, previews and results as binary
+frames. Previews are latest-wins inside the subscription, so a slow client gets fewer previews
+and never slows the generation. Closing the connection stops the forwarding only: the jobs run
+on, and their results stay retrievable (attach, or HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel
+
+from ..jobs import PreviewFrame
+from ..protocol import (
+    PROTOCOL_VERSION,
+    WS_PATH,
+    AcceptedEvent,
+    AttachMessage,
+    BinaryHeader,
+    CancelMessage,
+    ErrorCode,
+    ErrorEvent,
+    HelloEvent,
+    HelloMessage,
+    LatentBridgeError,
+    MissingImage,
+    PingMessage,
+    PongEvent,
+    ResultEvent,
+    SubmitMessage,
+    TooLarge,
+    decode_binary_frame,
+    encode_binary_frame,
+    parse_client_message,
+)
+from .app import ENGINE_KEY, JOBS_KEY, SERVER_NAME, SETTINGS_KEY, WEBSOCKETS_KEY, capabilities
+from .security import bearer, token_ok
+from .submit import submit_job
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 20.0
+MAX_PENDING_UPLOADS = 16
+
+
+class Connection:
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse, authenticated: bool):
+        self.app = app
+        self.ws = ws
+        self.id = uuid.uuid4().hex[:12]
+        self.owner = f"ws:{self.id}"
+        self.authenticated = authenticated
+        self.uploads: dict[str, bytes] = {}
+        self.forwarders: dict[str, asyncio.Task] = {}
+        self._send_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_event(self, event: BaseModel) -> None:
+        async with self._send_lock:
+            await self.ws.send_str(event.model_dump_json())
+
+    async def send_binary(self, header: BinaryHeader, payload: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(encode_binary_frame(header, payload))
+
+    async def send_error(self, exc: LatentBridgeError, job_id: str | None = None) -> None:
+        await self.send_event(exc.to_event(job_id))
+
+    # ------------------------------------------------------------------ receiving
+
+    async def on_text(self, text: str) -> None:
+        message = parse_client_message(text)
+        if isinstance(message, HelloMessage):
+            await self.on_hello(message)
+            return
+        if not self.authenticated:
+            raise LatentBridgeError("send `hello` with the token first", code=ErrorCode.unauthorized)
+        if isinstance(message, SubmitMessage):
+            await self.on_submit(message)
+        elif isinstance(message, CancelMessage):
+            await self.on_cancel(message)
+        elif isinstance(message, AttachMessage):
+            await self.on_attach(message)
+        elif isinstance(message, PingMessage):
+            await self.send_event(PongEvent())
+
+    async def on_hello(self, message: HelloMessage) -> None:
+        if message.protocol != PROTOCOL_VERSION:
+            raise LatentBridgeError(f"protocol {message.protocol} not supported; this server speaks {PROTOCOL_VERSION}",
+                                    field="protocol", code=ErrorCode.bad_message)
+        if not self.authenticated:
+            if not token_ok(message.token, self.app[SETTINGS_KEY]) or message.token is None:
+                raise LatentBridgeError("invalid token", field="token", code=ErrorCode.unauthorized)
+            self.authenticated = True
+        await self.send_event(HelloEvent(server=SERVER_NAME, capabilities=capabilities(self.app),
+                                         model=self.app[ENGINE_KEY].status))
+
+    async def on_binary(self, frame: bytes) -> None:
+        if not self.authenticated:
+            raise LatentBridgeError("send `hello` with the token first", code=ErrorCode.unauthorized)
+        header, payload = decode_binary_frame(frame)
+        if header.kind != "upload":
+            raise LatentBridgeError(f"clients may only send `upload` frames, not `{header.kind}`",
+                                    field="header.kind", code=ErrorCode.bad_message)
+        if not payload:
+            raise LatentBridgeError("upload frame has no image bytes", field="header", code=ErrorCode.bad_image)
+        assert header.upload_id is not None
+        if header.upload_id not in self.uploads and len(self.uploads) >= MAX_PENDING_UPLOADS:
+            raise TooLarge(f"more than {MAX_PENDING_UPLOADS} uploads waiting for a submit", field="header.upload_id")
+        self.uploads[header.upload_id] = payload
+
+    async def on_submit(self, message: SubmitMessage) -> None:
+        data: dict[str, bytes] = {}
+        try:
+            for role, upload_id in message.images.items():
+                if upload_id not in self.uploads:
+                    raise MissingImage(f"no upload {upload_id!r}: send the `upload` frame before `submit`",
+                                       field=f"images.{role}")
+                data[role] = self.uploads[upload_id]
+        finally:
+            for upload_id in message.images.values():  # consumed (or refused) either way
+                self.uploads.pop(upload_id, None)
+        job = await submit_job(self.app, message.request, data.get("init"), data.get("mask"), owner=self.owner,
+                               priority=message.priority, fields=("images.init", "images.mask"))
+        jobs = self.app[JOBS_KEY]
+        subscription = jobs.subscribe(job.id)  # before any await: no event can be missed
+        await self.send_event(AcceptedEvent(job_id=job.id, client_ref=message.client_ref,
+                                            position=jobs.position(job) or 0))
+        self.follow(job.id, subscription)
+
+    async def on_cancel(self, message: CancelMessage) -> None:
+        jobs = self.app[JOBS_KEY]
+        if jobs.cancel(message.job_id):
+            return  # the job's stream reports `cancelled`
+        status = jobs.status(message.job_id)
+        if status is None:
+            raise LatentBridgeError(f"no job {message.job_id}", field="job_id", code=ErrorCode.unknown_job)
+        await self.send_event(status)  # already finished: say how it ended
+
+    async def on_attach(self, message: AttachMessage) -> None:
+        jobs = self.app[JOBS_KEY]
+        status = jobs.status(message.job_id)
+        if status is None:
+            raise LatentBridgeError(f"no job {message.job_id}", field="job_id", code=ErrorCode.unknown_job)
+        if message.job_id in self.forwarders:
+            await self.send_event(status)
+            return
+        subscription = jobs.subscribe(message.job_id)
+        await self.send_event(status)
+        self.follow(message.job_id, subscription)
+
+    # ------------------------------------------------------------------ forwarding a job
+
+    def follow(self, job_id: str, subscription: Any) -> None:
+        task = asyncio.create_task(self._forward(job_id, subscription), name=f"ws-forward-{job_id}")
+        self.forwarders[job_id] = task
+        task.add_done_callback(lambda _t: self.forwarders.pop(job_id, None))
+
+    async def _forward(self, job_id: str, subscription: Any) -> None:
+        jobs = self.app[JOBS_KEY]
+        try:
+            async for item in subscription:
+                if self.ws.closed:
+                    return
+                if isinstance(item, PreviewFrame):
+                    await self.send_binary(BinaryHeader(kind="preview", format=item.format, job_id=job_id,
+                                                        step=item.step, total=item.total, width=item.width,
+                                                        height=item.height), item.data)
+                    continue
+                await self.send_event(item)
+                if isinstance(item, ResultEvent):
+                    png = jobs.result_png(job_id, item.index)
+                    if png is None:
+                        png = await asyncio.to_thread(jobs.store.result_png, job_id, item.index)
+                    if png is None:
+                        await self.send_error(LatentBridgeError(f"result {item.index} is missing",
+                                                                code=ErrorCode.internal), job_id)
+                        continue
+                    await self.send_binary(BinaryHeader(kind="result", format="png", job_id=job_id, index=item.index,
+                                                        width=item.width, height=item.height), png)
+        except (ConnectionResetError, RuntimeError):
+            return  # the client went away; the job carries on
+        finally:
+            subscription.close()
+
+    async def close(self) -> None:
+        for task in list(self.forwarders.values()):
+            task.cancel()
+        self.uploads.clear()
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    settings = app[SETTINGS_KEY]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=settings.max_message_bytes)
+    await ws.prepare(request)
+    # The security middleware already checked a header token; without one, `hello` must carry it.
+    conn = Connection(app, ws, authenticated=not settings.token or bearer(request) is not None)
+    app[WEBSOCKETS_KEY].add(ws)
+    try:
+        async for msg in ws:
+            try:
+                if msg.type == WSMsgType.TEXT:
+                    await conn.on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await conn.on_binary(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+            except LatentBridgeError as exc:
+                await conn.send_error(exc)
+                if exc.code is ErrorCode.unauthorized:
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
+                    break
+            except Exception:  # noqa: BLE001 - typed error to the client, traceback to the log
+                log.exception("error handling a websocket message")
+                await conn.send_event(ErrorEvent(code=ErrorCode.internal, message="internal server error; see the server log"))
+    finally:
+        await conn.close()
+        app[WEBSOCKETS_KEY].discard(ws)
+    return ws
+
+
+def add_ws_route(app: web.Application) -> None:
+    app.router.add_get(WS_PATH, websocket_handler)

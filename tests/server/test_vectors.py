@@ -1,0 +1,88 @@
+"""Every shared test vector decodes, and re-encodes to the same frame."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from latentbridge.protocol import (
+    BinaryHeader,
+    LatentBridgeError,
+    decode_binary_frame,
+    encode_binary_frame,
+    parse_client_message,
+    parse_server_event,
+)
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+INVALID_INDEX = json.loads((VECTORS / "invalid" / "index.json").read_text())
+
+
+def _names(folder: str, pattern: str) -> list[str]:
+    return sorted(p.name for p in (VECTORS / folder).glob(pattern))
+
+
+def test_every_kind_of_vector_exists():
+    assert {"hello.json", "submit_txt2img.json", "submit_inpaint.json", "cancel.json", "attach.json"} <= set(_names("client", "*.json"))
+    server_types = {json.loads((VECTORS / "server" / n).read_text())["type"] for n in _names("server", "*.json")}
+    assert server_types == {"hello", "accepted", "started", "progress", "result", "done", "cancelled", "error",
+                            "status", "pong", "preview"}
+    assert {"upload_init.bin", "upload_mask.bin", "preview.bin", "result.bin"} <= set(_names("binary", "*.bin"))
+    invalid_files = set(_names("invalid", "*")) - {"index.json"}
+    assert invalid_files == set(INVALID_INDEX)
+
+
+@pytest.mark.parametrize("name", _names("client", "*.json"))
+def test_client_vector_round_trip(name):
+    text = (VECTORS / "client" / name).read_text()
+    message = parse_client_message(text)
+    assert {**message.model_dump(mode="json", exclude_unset=True), "type": message.type} == json.loads(text)
+    # Encoding the decoded message and decoding again is stable.
+    again = parse_client_message(message.model_dump_json())
+    assert again == message
+
+
+@pytest.mark.parametrize("name", _names("server", "*.json"))
+def test_server_vector_round_trip(name):
+    text = (VECTORS / "server" / name).read_text()
+    event = parse_server_event(text)
+    assert event.model_dump(mode="json") == json.loads(text)
+
+
+@pytest.mark.parametrize("name", [n[: -len(".bin")] for n in _names("binary", "*.bin")])
+def test_binary_vector_round_trip(name):
+    frame = (VECTORS / "binary" / f"{name}.bin").read_bytes()
+    expected_header = json.loads((VECTORS / "binary" / f"{name}.header.json").read_text())
+    header, payload = decode_binary_frame(frame)
+    assert header.model_dump(mode="json", exclude_none=True) == expected_header
+    assert encode_binary_frame(BinaryHeader.model_validate(expected_header), payload) == frame
+    image = Image.open(io.BytesIO(payload))
+    image.load()  # a real, complete image
+    assert image.format.lower() == header.format
+    if header.width is not None:
+        assert image.size == (header.width, header.height)
+
+
+def test_inpaint_submit_names_the_upload_vectors():
+    submit = parse_client_message((VECTORS / "client" / "submit_inpaint.json").read_text())
+    uploads = {decode_binary_frame((VECTORS / "binary" / f"{n}.bin").read_bytes())[0].upload_id
+               for n in ("upload_init", "upload_mask")}
+    assert set(submit.images.values()) == uploads
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_INDEX))
+def test_invalid_vector_gives_its_error(name):
+    data = (VECTORS / "invalid" / name).read_bytes()
+    expected = INVALID_INDEX[name]
+    with pytest.raises(LatentBridgeError) as info:
+        if name.endswith(".bin"):
+            decode_binary_frame(data)
+        else:
+            parse_client_message(data)
+    assert info.value.code.value == expected["code"]
+    if "field" in expected:
+        assert info.value.field == expected["field"]
