@@ -1,0 +1,339 @@
+"""The AUTOMATIC1111-compatible routes against the real app and the real tiny-model Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentbridge import images as image_utils
+from latentbridge.protocol import InvalidRequest, JobState, Sampler, Unsupported
+from latentbridge.server.a1111 import apply_inpainting_fill, resolve_sampler
+from latentbridge.server.app import JOBS_KEY, create_app
+from latentbridge.settings import load_settings
+
+SIZE = 64
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def gradient(width: int = SIZE, height: int = SIZE) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float64)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.float64)[:, None].repeat(width, 1)
+    rgb = np.stack([x, y, 255 - x], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB")
+
+
+def decode_png(text: str) -> Image.Image:
+    data = base64.b64decode(text)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data))
+
+
+async def wait_ready(client, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        resp = await client.get("/api/v1/health")
+        body = await resp.json()
+        if (body.get("model") or {}).get("state") == "ready":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("model never became ready")
+
+
+@pytest.fixture
+async def lb(aiohttp_client, tmp_path):
+    settings = load_settings(environ={}, model="tiny", data_dir=tmp_path / "data", preview_interval_s=0.0)
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    return client
+
+
+# A txt2img payload as the `webuiapi` package / AI-Render send it: every field spelled out,
+# including many this server does not use (they must be ignored, not refused).
+def webui_txt2img(**overrides):
+    payload = {
+        "enable_hr": False, "denoising_strength": 0.7, "firstphase_width": 0, "firstphase_height": 0,
+        "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0,
+        "prompt": "weathered bronze, verdigris", "styles": [], "seed": 1234, "subseed": -1,
+        "subseed_strength": 0.0, "seed_resize_from_h": 0, "seed_resize_from_w": 0,
+        "sampler_name": "DPM++ 2M Karras", "batch_size": 1, "n_iter": 1, "steps": 2, "cfg_scale": 7.0,
+        "width": SIZE, "height": SIZE, "restore_faces": False, "tiling": False, "do_not_save_samples": False,
+        "do_not_save_grid": False, "negative_prompt": "blurry", "eta": 1.0, "s_min_uncond": 0, "s_churn": 0,
+        "s_tmax": 0, "s_tmin": 0, "s_noise": 1, "override_settings": {},
+        "override_settings_restore_afterwards": True, "script_args": [], "sampler_index": "Euler",
+        "script_name": None, "send_images": True, "save_images": False, "alwayson_scripts": {},
+        "comments": {}, "refiner_checkpoint": None, "refiner_switch_at": 0,
+    }
+    payload.update(overrides)
+    return payload
+
+
+async def post_json(client, path, payload):
+    resp = await client.post(path, json=payload)
+    return resp.status, await resp.json()
+
+
+async def test_txt2img_webui_payload_batches_and_info(lb):
+    status, body = await post_json(lb, "/sdapi/v1/txt2img", webui_txt2img(batch_size=2, n_iter=2))
+    assert status == 200, body
+    assert set(body) == {"images", "parameters", "info"}
+    assert len(body["images"]) == 4
+    for text in body["images"]:
+        assert decode_png(text).size == (SIZE, SIZE)
+    info = json.loads(body["info"])
+    # A1111 seeding: image i of iteration k gets seed + k * batch_size + i.
+    assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235, 1236, 1237]
+    assert info["sampler_name"] == "DPM++ 2M Karras" and info["steps"] == 2 and info["cfg_scale"] == 7.0
+    assert info["prompt"] == "weathered bronze, verdigris" and info["negative_prompt"] == "blurry"
+    assert info["all_prompts"] == ["weathered bronze, verdigris"] * 4
+    assert len(info["infotexts"]) == 4 and "Seed: 1236" in info["infotexts"][2]
+    assert info["infotexts"][0].startswith("weathered bronze, verdigris\nNegative prompt: blurry\nSteps: 2")
+    assert body["parameters"]["seed"] == 1234 and body["parameters"]["n_iter"] == 2
+    # The PNG carries our full request: the image can be regenerated exactly.
+    embedded = image_utils.read_png_request(base64.b64decode(body["images"][3]))
+    assert embedded is not None and embedded.sampler is Sampler.dpmpp_2m_karras
+
+    # The second iteration (seed 1236, batch of 2) equals a fresh call with that seed, and
+    # "DPM++ 2M" + scheduler "Karras" is the same sampler as "DPM++ 2M Karras".
+    status, again = await post_json(lb, "/sdapi/v1/txt2img", webui_txt2img(
+        seed=1236, batch_size=2, sampler_name="DPM++ 2M", scheduler="Karras"))
+    assert status == 200, again
+    assert np.array_equal(np.asarray(decode_png(again["images"][0])), np.asarray(decode_png(body["images"][2])))
+    assert json.loads(again["info"])["all_seeds"] == [1236, 1237]
+
+
+async def test_seed_minus_one_tiling_and_send_images_false(lb):
+    status, body = await post_json(lb, "/sdapi/v1/txt2img", {
+        "prompt": "tile", "seed": -1, "steps": 2, "width": SIZE, "height": SIZE, "tiling": True,
+        "sampler_name": "Euler a"})
+    assert status == 200, body
+    info = json.loads(body["info"])
+    assert 0 <= info["seed"] < 2**32 and info["all_seeds"] == [info["seed"]]
+    assert f"Seed: {info['seed']}" in info["infotexts"][0]
+    assert body["parameters"]["seed"] == -1  # echoed as sent, like A1111
+    embedded = image_utils.read_png_request(base64.b64decode(body["images"][0]))
+    assert embedded.seamless.value == "xy" and embedded.seed == info["seed"]
+
+    status, body = await post_json(lb, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 2, "width": SIZE, "height": SIZE,
+                                                            "send_images": False})
+    assert status == 200 and body["images"] == []
+
+
+async def test_img2img_data_url_inpaint_with_inverted_mask(lb):
+    init = gradient()
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, SIZE // 2, SIZE))  # white left half
+    payload = {
+        "init_images": ["data:image/png;base64," + b64(png_bytes(init))],
+        "mask": "data:image/png;base64," + b64(png_bytes(mask)),
+        "prompt": "repaint", "seed": 7, "steps": 3, "width": SIZE, "height": SIZE,
+        "denoising_strength": 0.9, "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False,
+        "inpaint_full_res_padding": 32, "inpainting_mask_invert": 1, "resize_mode": 0,
+        "sampler_name": "Euler", "include_init_images": False,
+    }
+    status, body = await post_json(lb, "/sdapi/v1/img2img", payload)
+    assert status == 200, body
+    out = np.asarray(decode_png(body["images"][0]).convert("RGB")).astype(int)
+    original = np.asarray(init).astype(int)
+    # Inverted: the black (right) half is repainted, the white (left) half is kept exactly.
+    assert np.array_equal(out[:, : SIZE // 2], original[:, : SIZE // 2])
+    assert np.abs(out[:, SIZE // 2 + 2 :] - original[:, SIZE // 2 + 2 :]).mean() > 5
+    info = json.loads(body["info"])
+    assert info["denoising_strength"] == 0.9 and info["is_using_inpainting_conditioning"] is True
+    assert "Denoising strength: 0.9" in info["infotexts"][0]
+    assert body["parameters"]["init_images"] is None and body["parameters"]["mask"] is None
+
+
+async def test_img2img_plain_base64_jpeg_is_resized(lb):
+    init = gradient(96, 64)
+    status, body = await post_json(lb, "/sdapi/v1/img2img", {
+        "init_images": [b64(png_bytes(init, "JPEG"))], "prompt": "x", "seed": 3, "steps": 2,
+        "width": SIZE, "height": SIZE, "resize_mode": 1, "denoising_strength": 0.5})
+    assert status == 200, body
+    assert decode_png(body["images"][0]).size == (SIZE, SIZE)
+    assert json.loads(body["info"])["denoising_strength"] == 0.5
+
+
+async def test_progress_while_running_then_interrupt(lb):
+    idle = await (await lb.get("/sdapi/v1/progress")).json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
+
+    call = asyncio.create_task(post_json(lb, "/sdapi/v1/txt2img", {
+        "prompt": "slow", "seed": 5, "steps": 150, "n_iter": 3, "width": SIZE, "height": SIZE}))
+    seen = None
+    for _ in range(400):
+        seen = await (await lb.get("/sdapi/v1/progress")).json()
+        if seen["state"]["sampling_step"] >= 2 and seen["current_image"]:
+            break
+        await asyncio.sleep(0.02)
+    assert seen["state"]["job"] == "scripts_txt2img" and seen["state"]["job_count"] == 3
+    assert seen["state"]["sampling_steps"] == 150 and seen["state"]["sampling_step"] >= 2
+    assert 0 < seen["progress"] < 1 / 3 and seen["eta_relative"] > 0
+    assert decode_png(seen["current_image"]).size[0] > 0
+    skipped = await (await lb.get("/sdapi/v1/progress?skip_current_image=true")).json()
+    assert skipped["current_image"] is None
+
+    resp = await lb.post("/sdapi/v1/interrupt")
+    assert resp.status == 200 and await resp.json() == {}
+    status, body = await asyncio.wait_for(call, 30)
+    # Interrupted on the first of three iterations: the call returns at once, with no images,
+    # and does not go on with the other iterations.
+    assert status == 200 and body["images"] == []
+    history = lb.server.app[JOBS_KEY].history(10)
+    assert [h.state for h in history] == [JobState.cancelled]
+    idle = await (await lb.get("/sdapi/v1/progress")).json()
+    assert idle["progress"] == 0 and idle["state"]["job"] == ""
+
+
+async def test_client_disconnect_cancels_its_job(lb):
+    call = asyncio.create_task(lb.post("/sdapi/v1/txt2img", json={
+        "prompt": "abandoned", "steps": 150, "width": SIZE, "height": SIZE}))
+    jobs = lb.server.app[JOBS_KEY]
+    for _ in range(400):
+        if jobs.current_job is not None and jobs.current_job.step >= 1:
+            break
+        await asyncio.sleep(0.02)
+    job = jobs.current_job
+    assert job is not None
+    call.cancel()  # the HTTP client goes away mid-generation
+    await asyncio.gather(call, return_exceptions=True)
+    for _ in range(200):
+        if job.state.finished:
+            break
+        await asyncio.sleep(0.02)
+    assert job.state is JobState.cancelled
+
+
+async def test_options_round_trip_and_model_listing(lb):
+    options = await (await lb.get("/sdapi/v1/options")).json()
+    assert options["sd_model_checkpoint"] == "tiny" and options["CLIP_stop_at_last_layers"] == 1
+    status, body = await post_json(lb, "/sdapi/v1/options", {
+        "CLIP_stop_at_last_layers": 2, "samples_format": "png", "inpainting_mask_weight": 1,
+        "some_extension_setting": 5, "sd_model_checkpoint": "tiny"})
+    assert status == 200 and body is None
+    options = await (await lb.get("/sdapi/v1/options")).json()
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["inpainting_mask_weight"] == 1
+    assert "some_extension_setting" not in options
+
+    status, body = await post_json(lb, "/sdapi/v1/options", {"live_previews_enable": "yes"})
+    assert status == 422 and body["code"] == "invalid_request" and body["field"] == "live_previews_enable"
+    assert body["detail"] == body["message"]
+    status, body = await post_json(lb, "/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd [abc123]"})
+    assert status == 422 and body["code"] == "unknown_model"
+    assert (await (await lb.get("/sdapi/v1/options")).json())["sd_model_checkpoint"] == "tiny"
+
+    models = await (await lb.get("/sdapi/v1/sd-models")).json()
+    assert models[0]["title"] == "tiny" and set(models[0]) >= {"title", "model_name", "hash", "filename", "config"}
+    samplers = await (await lb.get("/sdapi/v1/samplers")).json()
+    names = {s["name"] for s in samplers}
+    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "LCM"} <= names
+    assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
+    schedulers = await (await lb.get("/sdapi/v1/schedulers")).json()
+    assert [s["label"] for s in schedulers] == ["Automatic", "Uniform", "Karras"]
+
+
+BAD = [
+    ("txt2img", {"steps": 1000}, "invalid_request", "steps"),
+    ("txt2img", {"cfg_scale": 99}, "invalid_request", "cfg_scale"),
+    ("txt2img", {"sampler_name": "Nonexistent"}, "invalid_request", "sampler_name"),
+    ("txt2img", {"sampler_name": "DDIM", "scheduler": "Karras"}, "unsupported", "scheduler"),
+    ("txt2img", {"scheduler": "Exponential"}, "unsupported", "scheduler"),
+    ("txt2img", {"width": 40}, "invalid_request", "width"),
+    ("txt2img", {"seed": "abc"}, "invalid_request", "seed"),
+    ("txt2img", {"seed": -5}, "invalid_request", "seed"),
+    ("txt2img", {"batch_size": 100}, "invalid_request", "batch_size"),
+    ("txt2img", {"n_iter": 0}, "invalid_request", "n_iter"),
+    ("txt2img", {"enable_hr": True}, "unsupported", "enable_hr"),
+    ("txt2img", {"alwayson_scripts": {"controlnet": {"args": []}}}, "unsupported", "alwayson_scripts"),
+    ("txt2img", {"script_name": "x/y/z plot"}, "unsupported", "script_name"),
+    ("txt2img", [1, 2], "invalid_request", "body"),
+    ("img2img", {"prompt": "no image"}, "invalid_request", "init_images"),
+    ("img2img", {"init_images": ["data:image/png;base64,!!!not base64"]}, "bad_image", "init_images"),
+    ("img2img", {"init_images": [b64(b"definitely not an image")]}, "bad_image", "init_images"),
+    ("img2img", {"init_images": ["https://example.com/a.png"]}, "unsupported", "init_images"),
+    ("img2img", {"init_images": [b64(png_bytes(gradient()))], "mask": b64(png_bytes(gradient())[:40])},
+     "bad_image", "mask"),
+    ("img2img", {"init_images": [b64(png_bytes(gradient()))], "denoising_strength": 1.5},
+     "invalid_request", "denoising_strength"),
+    ("img2img", {"init_images": [b64(png_bytes(gradient()))], "inpainting_fill": 7}, "invalid_request",
+     "inpainting_fill"),
+]
+
+
+async def test_bad_payloads_get_typed_422_and_server_keeps_serving(lb):
+    for route, payload, code, field in BAD:
+        if isinstance(payload, dict):
+            payload = {"width": SIZE, "height": SIZE, "steps": 2, **payload}
+        status, body = await post_json(lb, f"/sdapi/v1/{route}", payload)
+        assert (status, body["code"], body["field"]) == (422, code, field), (route, payload, body)
+        assert body["type"] == "error" and body["detail"] == body["message"]
+    resp = await lb.post("/sdapi/v1/txt2img", data=b"{not json", headers={"Content-Type": "application/json"})
+    body = await resp.json()
+    assert resp.status == 422 and body["code"] == "bad_message"
+    status, body = await post_json(lb, "/sdapi/v1/txt2img", {"prompt": "still fine", "steps": 2,
+                                                            "width": SIZE, "height": SIZE})
+    assert status == 200 and len(body["images"]) == 1
+
+
+async def test_security_applies_to_a1111_routes(aiohttp_client, tmp_path):
+    settings = load_settings(environ={}, model="tiny", data_dir=tmp_path / "data", token="s3cret")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/sdapi/v1/samplers")
+    assert resp.status == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    resp = await client.get("/sdapi/v1/samplers", headers=auth)
+    assert resp.status == 200
+    resp = await client.post("/sdapi/v1/txt2img", json={"prompt": "x"},
+                             headers={**auth, "Origin": "http://evil.example"})
+    assert resp.status == 403
+
+
+def test_sampler_names_as_a1111_spells_them():
+    assert resolve_sampler("Euler a", None) is Sampler.euler_a
+    assert resolve_sampler(None, None) is Sampler.euler  # A1111's default sampler_index
+    assert resolve_sampler("k_euler_a", "") is Sampler.euler_a
+    assert resolve_sampler("euler A", "Automatic") is Sampler.euler_a
+    assert resolve_sampler("DPM++ 2M", "Karras") is Sampler.dpmpp_2m_karras
+    assert resolve_sampler("DPM++ 2M", "Uniform") is Sampler.dpmpp_2m
+    assert resolve_sampler("DPM++ 2M Karras", None) is Sampler.dpmpp_2m_karras
+    assert resolve_sampler("DPM++ SDE Karras", "Karras") is Sampler.dpmpp_sde_karras
+    assert resolve_sampler("DDIM", None) is Sampler.ddim
+    assert resolve_sampler("PLMS", None) is Sampler.pndm
+    assert resolve_sampler("UniPC", None) is Sampler.unipc
+    assert resolve_sampler("LCM", None) is Sampler.lcm
+    with pytest.raises(InvalidRequest) as err:
+        resolve_sampler("LMS", None)
+    assert err.value.field == "sampler_name" and "Euler a" in err.value.message
+    with pytest.raises(Unsupported) as err:
+        resolve_sampler("UniPC", "Karras")
+    assert err.value.field == "scheduler"
+
+
+def test_inpainting_fill_modes_touch_only_the_masked_area():
+    image = Image.new("RGB", (32, 32), (200, 40, 40))
+    image.paste((0, 0, 0), (8, 8, 24, 24))
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    filled = np.asarray(apply_inpainting_fill(image, mask, 0)).astype(int)
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(filled[keep], np.asarray(image).astype(int)[keep])
+    # The hole takes the colour around it (here uniform), not the black that was there.
+    assert np.abs(filled[16, 16] - np.array([200, 40, 40])).max() <= 2
+    grey = np.asarray(apply_inpainting_fill(image, mask, 3))
+    assert tuple(grey[16, 16]) == (128, 128, 128) and tuple(grey[0, 0]) == (200, 40, 40)
+    assert apply_inpainting_fill(image, mask, 1) is image
