@@ -1,0 +1,641 @@
+"""Python SDK for a Latent Bridge server: websocket and HTTP APIs, async and sync.
+
+    async with AsyncClient("http://127.0.0.1:7423", token=None) as client:
+        job = await client.submit(request, init_image=png_bytes)
+        async for item in job:            # protocol events and ImageFrame (previews, results)
+            ...
+        pngs = job.images()
+
+    pngs = Client("http://127.0.0.1:7423").generate(request, on_progress=print)
+
+One websocket carries every job of a client: a single reader task routes each event and binary
+frame to its job by `job_id`. Errors the server reports (ErrorEvent, typed HTTP error bodies) are
+raised as `protocol.LatentBridgeError` with the same code and field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from .protocol import (
+    WS_PATH,
+    AcceptedEvent,
+    AttachMessage,
+    BadImage,
+    BinaryHeader,
+    CancelledEvent,
+    CancelMessage,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    GenerationRequest,
+    HelloEvent,
+    HelloMessage,
+    JobState,
+    LatentBridgeError,
+    PingMessage,
+    PongEvent,
+    PreviewEvent,
+    ProgressEvent,
+    ResultEvent,
+    StatusEvent,
+    SubmitMessage,
+    decode_binary_frame,
+    encode_binary_frame,
+    parse_server_event,
+    server_event_adapter,
+)
+
+API_PREFIX = "/api/v1"
+CLIENT_NAME = "latentbridge-python"
+# Results are full-size PNGs; the server enforces its own limits on what we send.
+MAX_RECEIVE_BYTES = 512 * 1024 * 1024
+T = TypeVar("T")
+
+
+class ConnectionLost(LatentBridgeError):
+    """The websocket closed while a job was still being followed; `attach` can pick it up again."""
+
+    code = ErrorCode.internal
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """A binary frame from the server: a preview (JPEG, usually) or a finished result (PNG)."""
+
+    header: BinaryHeader
+    data: bytes
+
+    @property
+    def kind(self) -> str:
+        return self.header.kind
+
+
+JobItem = BaseModel | ImageFrame
+
+
+def error_from_event(event: ErrorEvent) -> LatentBridgeError:
+    return LatentBridgeError(event.message, field=event.field, code=ErrorCode(event.code))
+
+
+def error_from_body(status: int, body: bytes) -> LatentBridgeError:
+    """A typed error from an HTTP error body (ErrorEvent-shaped, possibly under `error`)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if isinstance(data, dict) and "code" in data:
+        try:
+            code = ErrorCode(data["code"])
+        except ValueError:
+            code = ErrorCode.internal
+        message = str(data.get("message") or data.get("detail") or f"HTTP {status}")
+        return LatentBridgeError(message, field=data.get("field"), code=code)
+    fallback = {401: ErrorCode.unauthorized, 403: ErrorCode.forbidden, 404: ErrorCode.unknown_job,
+                413: ErrorCode.too_large, 429: ErrorCode.queue_full, 503: ErrorCode.queue_full}
+    text = body[:200].decode("utf-8", "replace").strip()
+    return LatentBridgeError(f"HTTP {status}: {text}", code=fallback.get(status, ErrorCode.internal))
+
+
+def preview_from_event(event: PreviewEvent) -> tuple[bytes, BinaryHeader]:
+    """An SSE `preview` event as the (bytes, header) pair a websocket preview frame gives."""
+    header = BinaryHeader(kind="preview", format=event.format, job_id=event.job_id, step=event.step,
+                          total=event.total, width=event.width, height=event.height)
+    return base64.b64decode(event.data), header
+
+
+def sniff_format(data: bytes) -> str:
+    """The wire format name of encoded image bytes, or BadImage before anything is sent."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise BadImage("image bytes are not PNG, JPEG or WebP", field="images")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(http base, websocket url) from an http(s):// or ws(s):// server address."""
+    base = url.rstrip("/")
+    if base.endswith(WS_PATH):
+        base = base[: -len(WS_PATH)]
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        scheme, rest = "http", base
+    http_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    ws_scheme = {"http": "ws", "https": "wss"}.get(http_scheme, "ws")
+    return f"{http_scheme}://{rest}", f"{ws_scheme}://{rest}{WS_PATH}"
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """Text lines of a stream, however long (aiohttp's own line reader caps a line's length, and
+    an SSE preview line carries a whole base64 image)."""
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            yield buffer[:end].decode("utf-8").rstrip("\r")
+            del buffer[: end + 1]
+    if buffer:
+        yield buffer.decode("utf-8").rstrip("\r")
+
+
+class Job:
+    """One job followed over the websocket. Iterate it for its events and image frames; the
+    iteration ends after `done`, `cancelled` or `error` (the last two are yielded, not raised)."""
+
+    def __init__(self, job_id: str, *, position: int | None = None):
+        self.job_id = job_id
+        self.position = position
+        self.results: dict[int, bytes] = {}
+        self.result_events: dict[int, ResultEvent] = {}
+        self.final: DoneEvent | CancelledEvent | ErrorEvent | None = None
+        self._queue: asyncio.Queue[JobItem | LatentBridgeError] = asyncio.Queue()
+
+    # Called by the connection's reader, on the event loop.
+    def _feed(self, item: JobItem | LatentBridgeError) -> None:
+        self._queue.put_nowait(item)
+
+    def _finished_by(self, item: JobItem) -> bool:
+        # The server always ends a job's stream with one of these, after an attach's `status` too.
+        if isinstance(item, ImageFrame) and item.kind == "result":
+            self.results[item.header.index] = item.data
+        if isinstance(item, (DoneEvent, CancelledEvent, ErrorEvent)):
+            self.final = item
+            return True
+        return False
+
+    def __aiter__(self) -> AsyncIterator[JobItem]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[JobItem]:
+        if self.final is not None and self._queue.empty():
+            return
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, LatentBridgeError):
+                raise item
+            if isinstance(item, ResultEvent):
+                self.result_events[item.index] = item
+            finished = self._finished_by(item)
+            yield item
+            if finished:
+                return
+
+    def images(self) -> list[bytes]:
+        """The finished PNGs in index order, or the job's error raised as LatentBridgeError."""
+        final = self.final
+        if isinstance(final, ErrorEvent):
+            raise error_from_event(final)
+        if isinstance(final, CancelledEvent):
+            raise LatentBridgeError("job was cancelled", code=ErrorCode.cancelled)
+        if final is None:
+            raise LatentBridgeError("job has not finished", code=ErrorCode.internal)
+        return [self.results[i] for i in sorted(self.results)]
+
+    async def wait(self, on_item: Callable[[JobItem], None] | None = None) -> list[bytes]:
+        """Follow the job to its end and return its PNGs (see `images`)."""
+        async for item in self:
+            if on_item is not None:
+                on_item(item)
+        return self.images()
+
+
+class AsyncClient:
+    """Async client for both APIs. The websocket opens on first use (or `connect()`)."""
+
+    def __init__(self, url: str, token: str | None = None, *, client_name: str = CLIENT_NAME,
+                 heartbeat_s: float = 20.0, connect_timeout_s: float = 10.0):
+        self.base_url, self.ws_url = split_url(url)
+        self.token = token
+        self.client_name = client_name
+        self.hello: HelloEvent | None = None
+        self._heartbeat_s = heartbeat_s
+        self._connect_timeout_s = connect_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._jobs: dict[str, Job] = {}
+        # Submits and attaches go one at a time, so an error without a job id (the server's answer
+        # to a refused submit or an unknown job) belongs to the one awaiting its reply.
+        self._reply_lock = asyncio.Lock()
+        self._pending: tuple[str, asyncio.Future[Job]] | None = None  # (client_ref or job_id, reply)
+        self._pongs: list[asyncio.Future[None]] = []
+        self._connect_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s)
+            self._session = aiohttp.ClientSession(headers=self._headers(), timeout=timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the websocket and the HTTP session. Jobs keep running on the server."""
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        self._ws = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def connect(self) -> HelloEvent:
+        """Open the websocket and do the hello handshake (idempotent while connected)."""
+        async with self._connect_lock:
+            if self.connected and self.hello is not None:
+                return self.hello
+            try:
+                ws = await self._http().ws_connect(
+                    self.ws_url, heartbeat=self._heartbeat_s, max_msg_size=MAX_RECEIVE_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                code = {401: ErrorCode.unauthorized, 403: ErrorCode.forbidden}.get(exc.status, ErrorCode.internal)
+                raise LatentBridgeError(f"websocket refused: HTTP {exc.status} {exc.message}", code=code) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise ConnectionLost(f"cannot connect to {self.ws_url}: {exc}") from None
+            await ws.send_str(HelloMessage(client=self.client_name, token=None).model_dump_json())
+            msg = await ws.receive(timeout=self._connect_timeout_s)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                await ws.close()
+                raise ConnectionLost(f"server closed the websocket during the handshake ({msg.type.name})")
+            event = parse_server_event(msg.data)
+            if isinstance(event, ErrorEvent):
+                await ws.close()
+                raise error_from_event(event)
+            if not isinstance(event, HelloEvent):
+                await ws.close()
+                raise LatentBridgeError(f"expected hello, got {event.type!r}", code=ErrorCode.bad_message)  # type: ignore[attr-defined]
+            self._ws, self.hello = ws, event
+            self._reader = asyncio.create_task(self._read_loop(ws), name="latentbridge-client-reader")
+            return event
+
+    async def _send_text(self, message: BaseModel) -> None:
+        await self.connect()
+        assert self._ws is not None
+        await self._ws.send_str(message.model_dump_json())
+
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._route_event(parse_server_event(msg.data))
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    header, payload = decode_binary_frame(msg.data)
+                    job = self._jobs.get(header.job_id or "")
+                    if job is not None:
+                        job._feed(ImageFrame(header, payload))
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    break
+        except (ValidationError, LatentBridgeError):
+            # A frame we cannot decode means we no longer agree on the protocol: drop the link.
+            await ws.close()
+        finally:
+            self._on_connection_lost()
+
+    def _route_event(self, event: BaseModel) -> None:
+        pending = self._pending if self._pending is not None and not self._pending[1].done() else None
+        if isinstance(event, AcceptedEvent):
+            if pending is not None and pending[0] == event.client_ref:
+                job = Job(event.job_id, position=event.position)
+                self._jobs[event.job_id] = job
+                pending[1].set_result(job)
+            return
+        if isinstance(event, StatusEvent) and pending is not None and pending[0] == event.job_id:
+            pending[1].set_result(self._jobs[event.job_id])
+        if isinstance(event, PongEvent):
+            for fut in self._pongs:
+                if not fut.done():
+                    fut.set_result(None)
+            self._pongs.clear()
+            return
+        job_id = getattr(event, "job_id", None)
+        if job_id is None:
+            if isinstance(event, ErrorEvent) and pending is not None:
+                pending[1].set_exception(error_from_event(event))
+            return
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job._feed(event)
+            if isinstance(event, (DoneEvent, CancelledEvent, ErrorEvent)):
+                self._jobs.pop(job_id, None)
+
+    def _on_connection_lost(self) -> None:
+        lost = ConnectionLost("connection to the server closed; attach to the job again after reconnecting")
+        for job in self._jobs.values():
+            job._feed(lost)
+        self._jobs.clear()
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(lost)
+        for fut in self._pongs:
+            if not fut.done():
+                fut.set_exception(lost)
+        self._pongs.clear()
+
+    # ---------------------------------------------------------------- websocket API
+
+    async def submit(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
+                     *, priority: str = "normal") -> Job:
+        """Upload the images as binary frames, submit, and return the accepted Job."""
+        images: dict[str, str] = {}
+        frames: list[bytes] = []
+        for role, data in (("init", init_image), ("mask", mask)):
+            if data is None:
+                continue
+            upload_id = uuid.uuid4().hex
+            header = BinaryHeader(kind="upload", format=sniff_format(data), upload_id=upload_id)  # type: ignore[arg-type]
+            frames.append(encode_binary_frame(header, data))
+            images[role] = upload_id
+        ref = uuid.uuid4().hex
+        message = SubmitMessage(client_ref=ref, request=request, images=images, priority=priority)  # type: ignore[arg-type]
+        return await self._await_reply(ref, frames, message)
+
+    async def _await_reply(self, key: str, frames: list[bytes], message: BaseModel) -> Job:
+        """Send frames + a message and wait for the reply routed to `key` (see `_route_event`)."""
+        async with self._reply_lock:
+            await self.connect()
+            assert self._ws is not None
+            future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+            self._pending = (key, future)
+            try:
+                for frame in frames:
+                    await self._ws.send_bytes(frame)
+                await self._ws.send_str(message.model_dump_json())
+                return await future
+            finally:
+                self._pending = None
+
+    async def cancel(self, job_id: str) -> None:
+        """Ask the server to cancel a queued or running job; its stream ends with `cancelled`."""
+        await self._send_text(CancelMessage(job_id=job_id))
+
+    async def attach(self, job_id: str) -> Job:
+        """Follow a job started earlier (e.g. before a reconnect). The server answers with its
+        status (the Job's first item) and re-sends the results of a finished job. Unknown job →
+        LatentBridgeError `unknown_job`."""
+        await self.connect()
+        job = self._jobs.get(job_id) or Job(job_id)
+        self._jobs[job_id] = job
+        try:
+            return await self._await_reply(job_id, [], AttachMessage(job_id=job_id))
+        except LatentBridgeError:
+            self._jobs.pop(job_id, None)
+            raise
+
+    async def ping(self, timeout_s: float = 10.0) -> float:
+        """Round-trip time of an application-level ping, in seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pongs.append(fut)
+        start = loop.time()
+        await self._send_text(PingMessage())
+        await asyncio.wait_for(fut, timeout_s)
+        return loop.time() - start
+
+    # ---------------------------------------------------------------- HTTP API
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        try:
+            resp = await self._http().request(method, self.base_url + path, **kwargs)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionLost(f"cannot reach {self.base_url}: {exc}") from None
+        if resp.status >= 400:
+            body = await resp.read()
+            resp.release()
+            raise error_from_body(resp.status, body)
+        return resp
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = await self._request(method, path, **kwargs)
+        async with resp:
+            return await resp.json(content_type=None)
+
+    async def health(self) -> dict[str, Any]:
+        return await self._json("GET", f"{API_PREFIX}/health")
+
+    async def models(self) -> Any:
+        return await self._json("GET", f"{API_PREFIX}/models")
+
+    async def load_model(self, name: str) -> Any:
+        return await self._json("POST", f"{API_PREFIX}/models/load", json={"model": name})
+
+    async def submit_http(self, request: GenerationRequest, init_image: bytes | None = None,
+                          mask: bytes | None = None, *, priority: str = "normal") -> str:
+        """Submit over HTTP (JSON with base64 images); returns the job id."""
+        body: dict[str, Any] = {"request": request.model_dump(mode="json"), "priority": priority}
+        for role, data in (("init_image", init_image), ("mask", mask)):
+            if data is not None:
+                sniff_format(data)
+                body[role] = base64.b64encode(data).decode("ascii")
+        data = await self._json("POST", f"{API_PREFIX}/jobs", json=body)
+        return str(data["job_id"])
+
+    async def status(self, job_id: str) -> StatusEvent:
+        return StatusEvent.model_validate(await self._json("GET", f"{API_PREFIX}/jobs/{job_id}"))
+
+    async def cancel_http(self, job_id: str) -> Any:
+        return await self._json("POST", f"{API_PREFIX}/jobs/{job_id}/cancel")
+
+    async def result(self, job_id: str, index: int = 0) -> bytes:
+        """A finished result's PNG bytes (works for any job id, across reconnects and restarts)."""
+        resp = await self._request("GET", f"{API_PREFIX}/jobs/{job_id}/results/{index}")
+        async with resp:
+            return await resp.read()
+
+    async def events_http(self, job_id: str) -> AsyncIterator[BaseModel]:
+        """The job's events from the server-sent-event stream, ending with its final event."""
+        resp = await self._request("GET", f"{API_PREFIX}/jobs/{job_id}/events",
+                                   headers={"Accept": "text/event-stream"})
+        async with resp:
+            data_lines: list[str] = []
+            async for line in _lines(resp.content):
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].lstrip(" "))
+                    continue
+                if line or not data_lines:
+                    continue  # comments, `event:`/`id:` lines, keep-alives
+                event = server_event_adapter.validate_json("\n".join(data_lines))
+                data_lines = []
+                yield event
+                if isinstance(event, (DoneEvent, CancelledEvent, ErrorEvent)):
+                    return
+                if isinstance(event, StatusEvent) and event.state.finished:
+                    return
+
+    # ---------------------------------------------------------------- one call
+
+    async def generate(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
+                       on_progress: Callable[[ProgressEvent], None] | None = None,
+                       on_preview: Callable[[bytes, BinaryHeader], None] | None = None,
+                       *, transport: str = "ws", priority: str = "normal") -> list[bytes]:
+        """Run one request to the end and return its PNGs. Cancelling the awaiting task cancels
+        the job on the server."""
+        if transport == "http":
+            return await self._generate_http(request, init_image, mask, on_progress, on_preview, priority)
+        if transport != "ws":
+            raise ValueError("transport must be 'ws' or 'http'")
+        job = await self.submit(request, init_image, mask, priority=priority)
+
+        def on_item(item: JobItem) -> None:
+            if isinstance(item, ProgressEvent) and on_progress is not None:
+                on_progress(item)
+            elif isinstance(item, ImageFrame) and item.kind == "preview" and on_preview is not None:
+                on_preview(item.data, item.header)
+
+        try:
+            return await job.wait(on_item)
+        except asyncio.CancelledError:
+            if self.connected:
+                await asyncio.shield(self.cancel(job.job_id))
+            raise
+
+    async def _generate_http(self, request: GenerationRequest, init_image: bytes | None, mask: bytes | None,
+                             on_progress: Callable[[ProgressEvent], None] | None,
+                             on_preview: Callable[[bytes, BinaryHeader], None] | None, priority: str) -> list[bytes]:
+        job_id = await self.submit_http(request, init_image, mask, priority=priority)
+        final: BaseModel | None = None
+        try:
+            async for event in self.events_http(job_id):
+                if isinstance(event, ProgressEvent) and on_progress is not None:
+                    on_progress(event)
+                elif isinstance(event, PreviewEvent):
+                    if on_preview is not None:
+                        on_preview(*preview_from_event(event))
+                    continue
+                final = event
+        except asyncio.CancelledError:
+            await asyncio.shield(self.cancel_http(job_id))
+            raise
+        if final is None:
+            # The stream ended without a final event (dropped): fall back to the job's status.
+            final = await self.status(job_id)
+        if isinstance(final, ErrorEvent):
+            raise error_from_event(final)
+        if isinstance(final, CancelledEvent):
+            raise LatentBridgeError("job was cancelled", code=ErrorCode.cancelled)
+        if isinstance(final, StatusEvent):
+            if final.state is JobState.failed:
+                raise error_from_event(final.error) if final.error else LatentBridgeError("job failed")
+            if final.state is JobState.cancelled:
+                raise LatentBridgeError("job was cancelled", code=ErrorCode.cancelled)
+            count = final.result_count
+        elif isinstance(final, DoneEvent):
+            count = final.count
+        else:
+            raise ConnectionLost(f"event stream of job {job_id} ended before the job did")
+        return [await self.result(job_id, i) for i in range(count)]
+
+
+class Client:
+    """Blocking client: runs an AsyncClient on an event loop in a private thread. Callbacks are
+    called on that thread."""
+
+    def __init__(self, url: str, token: str | None = None, **kwargs: Any):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="latentbridge-client", daemon=True)
+        self._thread.start()
+        self._client = self._run(self._make(url, token, kwargs))
+
+    @staticmethod
+    async def _make(url: str, token: str | None, kwargs: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(url, token, **kwargs)
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        if self._loop.is_closed():
+            raise RuntimeError("client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (or any interruption of the caller) cancels the coroutine too.
+            future.cancel()
+            raise
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    @property
+    def hello(self) -> HelloEvent | None:
+        return self._client.hello
+
+    def connect(self) -> HelloEvent:
+        return self._run(self._client.connect())
+
+    def generate(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
+                 on_progress: Callable[[ProgressEvent], None] | None = None,
+                 on_preview: Callable[[bytes, BinaryHeader], None] | None = None,
+                 *, transport: str = "ws", priority: str = "normal") -> list[bytes]:
+        return self._run(self._client.generate(request, init_image, mask, on_progress, on_preview,
+                                               transport=transport, priority=priority))
+
+    def submit(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
+               *, priority: str = "normal") -> str:
+        """Submit over the websocket and return the job id (follow it with `wait`)."""
+        return self._run(self._client.submit(request, init_image, mask, priority=priority)).job_id
+
+    def wait(self, job_id: str) -> list[bytes]:
+        """Attach to a job and block until it ends; its PNGs."""
+
+        async def attach_and_wait() -> list[bytes]:
+            return await (await self._client.attach(job_id)).wait()
+
+        return self._run(attach_and_wait())
+
+    def cancel(self, job_id: str) -> None:
+        self._run(self._client.cancel(job_id))
+
+    def status(self, job_id: str) -> StatusEvent:
+        return self._run(self._client.status(job_id))
+
+    def result(self, job_id: str, index: int = 0) -> bytes:
+        return self._run(self._client.result(job_id, index))
+
+    def health(self) -> dict[str, Any]:
+        return self._run(self._client.health())
+
+    def models(self) -> Any:
+        return self._run(self._client.models())
+
+    def load_model(self, name: str) -> Any:
+        return self._run(self._client.load_model(name))
