@@ -1,0 +1,190 @@
+"""Pixels into Blender: live previews, packed results with their request, texture wiring.
+
+A preview is applied in two steps so no single UI tick pays for both (see `PreviewWriter`):
+decoding (Blender decodes the JPEG/PNG bytes packed into a scratch image) and copying the float
+pixels into the preview image with `foreach_set`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import bpy
+import numpy as np
+
+PREVIEW_IMAGE = "Latent Bridge Preview"
+TEXTURE_NODE = "Latent Bridge Texture"
+NEW_MATERIAL = "Latent Bridge Material"
+REQUEST_PROP = "latentbridge_request"
+
+
+def ensure_preview_image(width: int, height: int, name: str = PREVIEW_IMAGE) -> bpy.types.Image:
+    """The float-buffer image previews are written into (created or resized as needed)."""
+    image = bpy.data.images.get(name)
+    if image is None or image.source != "GENERATED":
+        if image is not None:
+            image.name = name + " (old)"
+        image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+    elif tuple(image.size) != (width, height):
+        image.scale(width, height)
+    return image
+
+
+def _scratch_from_bytes(data: bytes, fmt: str) -> bpy.types.Image:
+    """An image holding `data` (packed), decoded now so the next step only copies pixels."""
+    scratch = bpy.data.images.new("Latent Bridge Scratch", 8, 8)
+    scratch.source = "FILE"
+    scratch.filepath_raw = f"//latentbridge_scratch.{'jpg' if fmt == 'jpeg' else fmt}"
+    scratch.pack(data=data, data_len=len(data))
+    scratch.size[:]  # reading the size makes Blender decode the buffer now
+    return scratch
+
+
+class PreviewWriter:
+    """Decodes preview bytes and writes them into a float preview image, over two ticks."""
+
+    def __init__(self) -> None:
+        self._scratch: bpy.types.Image | None = None
+        self._target: str | None = None
+        self._buffer = np.empty(0, np.float32)
+
+    @property
+    def busy(self) -> bool:
+        return self._scratch is not None
+
+    def begin(self, data: bytes, fmt: str, target: bpy.types.Image) -> None:
+        """Step 1: decode. A newer preview replaces one that was decoded but not yet copied."""
+        self.discard()
+        self._scratch = _scratch_from_bytes(data, fmt)
+        self._target = target.name
+
+    def finish(self) -> bpy.types.Image | None:
+        """Step 2: copy the decoded pixels into the preview image (resized to match)."""
+        scratch, self._scratch = self._scratch, None
+        if scratch is None:
+            return None
+        try:
+            target = bpy.data.images.get(self._target or "")
+            width, height = scratch.size
+            if target is None or width == 0 or height == 0:
+                return None
+            n = width * height * 4
+            if self._buffer.size != n:
+                self._buffer = np.empty(n, np.float32)
+            scratch.pixels.foreach_get(self._buffer)
+            if tuple(target.size) != (width, height):
+                target.scale(width, height)
+            target.pixels.foreach_set(self._buffer)
+            target.update()
+            return target
+        finally:
+            bpy.data.images.remove(scratch)
+
+    def discard(self) -> None:
+        if self._scratch is not None:
+            bpy.data.images.remove(self._scratch)
+            self._scratch = None
+
+
+def pack_png(png_bytes: bytes, name: str, width: int, height: int) -> bpy.types.Image:
+    """A new image whose PNG bytes are packed into the .blend (kept even when unused)."""
+    image = bpy.data.images.new(name, width, height)
+    image.source = "FILE"
+    image.filepath_raw = f"//{bpy.path.clean_name(image.name)}.png"
+    image.file_format = "PNG"
+    image.pack(data=png_bytes, data_len=len(png_bytes))
+    image.use_fake_user = True
+    return image
+
+
+def store_request(image: bpy.types.Image, request: dict[str, Any], seed: int, job_id: str | None = None) -> None:
+    """The full request as JSON plus the fields an artist looks for, as custom properties."""
+    full = {**request, "seed": seed}
+    image[REQUEST_PROP] = json.dumps(full, sort_keys=True)
+    image["latentbridge_seed"] = seed
+    image["latentbridge_prompt"] = full.get("prompt", "")
+    image["latentbridge_mode"] = full.get("mode", "txt2img")
+    if job_id:
+        image["latentbridge_job"] = job_id
+
+
+def stored_request(image: bpy.types.Image) -> dict[str, Any] | None:
+    raw = image.get(REQUEST_PROP)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _principled(tree: bpy.types.NodeTree) -> bpy.types.Node:
+    node = next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if node is None:
+        node = tree.nodes.new("ShaderNodeBsdfPrincipled")
+        output = next((n for n in tree.nodes if n.type == "OUTPUT_MATERIAL"), None) or tree.nodes.new("ShaderNodeOutputMaterial")
+        tree.links.new(node.outputs["BSDF"], output.inputs["Surface"])
+    return node
+
+
+def wire_texture(material: bpy.types.Material, image: bpy.types.Image) -> bpy.types.Node:
+    """Image Texture (repeat extension) → Principled Base Color; reuses our node if present."""
+    material.use_nodes = True
+    tree = material.node_tree
+    bsdf = _principled(tree)
+    node = tree.nodes.get(TEXTURE_NODE)
+    if node is None:
+        node = tree.nodes.new("ShaderNodeTexImage")
+        node.name = node.label = TEXTURE_NODE
+        node.location = (bsdf.location.x - 320, bsdf.location.y)
+    node.image = image
+    node.extension = "REPEAT"
+    tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    return node
+
+
+def assign_texture(objects: list[bpy.types.Object], image: bpy.types.Image) -> list[bpy.types.Material]:
+    """Wire `image` into each object's active material, creating a material when there is none."""
+    done: list[bpy.types.Material] = []
+    for obj in objects:
+        if obj.type not in {"MESH", "CURVE", "SURFACE", "META", "FONT"}:
+            continue
+        material = obj.active_material
+        if material is None:
+            material = bpy.data.materials.new(NEW_MATERIAL)
+            if obj.data.materials:
+                obj.active_material = material
+            else:
+                obj.data.materials.append(material)
+        if material not in done:
+            wire_texture(material, image)
+            done.append(material)
+    return done
+
+
+def show_in_image_editors(image: bpy.types.Image, replace: tuple[str, ...] = ()) -> None:
+    """Show `image` in Image Editors that show nothing, our preview, or an image named in `replace`."""
+    wm = bpy.context.window_manager
+    if wm is None:
+        return
+    ours = {PREVIEW_IMAGE, *replace}
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type != "IMAGE_EDITOR":
+                continue
+            space = area.spaces.active
+            if space.image is None or space.image.name in ours:
+                space.image = image
+                area.tag_redraw()
+
+
+def redraw_all() -> None:
+    wm = bpy.context.window_manager
+    if wm is None:
+        return
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PROPERTIES"}:
+                area.tag_redraw()

@@ -1,0 +1,193 @@
+"""Pixels out of Blender: the render, the viewport, an image, object and painted masks → PNG bytes.
+
+"Render Result" has no pixels in background/module mode, so renders are saved to a temp PNG
+(`save_render`, which applies the scene's view transform: the artist gets what they see) and
+read back. Masks are rendered by us with Workbench, flat colours and the Standard view transform,
+so white means exactly "repaint".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Iterator
+
+import bpy
+import numpy as np
+
+from . import png
+
+
+class CaptureError(Exception):
+    """A capture the artist can fix (no camera, no image, mismatched mask…); shown as-is."""
+
+
+@contextlib.contextmanager
+def temporarily(*settings: tuple[Any, str, Any]) -> Iterator[None]:
+    """Set (owner, attribute, value) triples and put the old values back afterwards."""
+    saved = []
+    try:
+        for owner, attr, value in settings:
+            old = getattr(owner, attr)
+            if not isinstance(old, (str, int, float, bool)) and hasattr(old, "__len__"):
+                old = tuple(old)  # a live bpy array would otherwise "remember" the new value
+            saved.append((owner, attr, old))
+            setattr(owner, attr, value)
+        yield
+    finally:
+        for owner, attr, value in reversed(saved):
+            setattr(owner, attr, value)
+
+
+@contextlib.contextmanager
+def _temp_png() -> Iterator[str]:
+    fd, path = tempfile.mkstemp(prefix="latentbridge-", suffix=".png")
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def image_pixels(image: bpy.types.Image) -> np.ndarray:
+    """Float RGBA pixels, shape (height, width, 4), top row first."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise CaptureError(f"Image “{image.name}” has no pixels (is its file missing?)")
+    flat = np.empty(width * height * 4, np.float32)
+    image.pixels.foreach_get(flat)
+    return flat.reshape(height, width, 4)[::-1]
+
+
+def _load_png_pixels(path: str) -> np.ndarray:
+    image = bpy.data.images.load(path, check_existing=False)
+    try:
+        return image_pixels(image)
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _png_settings(scene: bpy.types.Scene, color_mode: str) -> tuple[tuple[Any, str, Any], ...]:
+    settings = scene.render.image_settings
+    out: list[tuple[Any, str, Any]] = []
+    if hasattr(settings, "media_type"):  # Blender 5.0+: file_format depends on it
+        out.append((settings, "media_type", "IMAGE"))
+    out += [(settings, "file_format", "PNG"), (settings, "color_mode", color_mode), (settings, "color_depth", "8")]
+    return tuple(out)
+
+
+def _render_to_png(scene: bpy.types.Scene, color_mode: str = "RGB") -> bytes:
+    if scene.camera is None:
+        raise CaptureError("The scene has no active camera to render from")
+    with temporarily(*_png_settings(scene, color_mode)):
+        bpy.ops.render.render(write_still=False, scene=scene.name)
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise CaptureError("Rendering produced no result")
+        with _temp_png() as path:
+            result.save_render(filepath=path, scene=scene)
+            with open(path, "rb") as f:
+                return f.read()
+
+
+def render_png(scene: bpy.types.Scene) -> bytes:
+    """Render the scene with its own engine and settings; PNG bytes of what the artist sees."""
+    return _render_to_png(scene)
+
+
+def workbench_png(scene: bpy.types.Scene) -> bytes:
+    """A fast solid-shaded render of the camera (the viewport fallback without a GPU context)."""
+    with temporarily((scene.render, "engine", "BLENDER_WORKBENCH")):
+        return _render_to_png(scene)
+
+
+def viewport_png(context: bpy.types.Context) -> tuple[bytes, str]:
+    """The 3D viewport as seen (OpenGL render) where a window with a GPU context exists; else a
+    Workbench render of the camera. Returns (png, note) where note explains a fallback."""
+    scene = context.scene
+    area = next((a for w in context.window_manager.windows for a in w.screen.areas if a.type == "VIEW_3D"), None) if not bpy.app.background else None
+    if area is not None:
+        region = next((r for r in area.regions if r.type == "WINDOW"), None)
+        try:
+            with temporarily(*_png_settings(scene, "RGB")), context.temp_override(area=area, region=region):
+                bpy.ops.render.opengl(write_still=False, view_context=True)
+                with _temp_png() as path:
+                    bpy.data.images["Render Result"].save_render(filepath=path, scene=scene)
+                    with open(path, "rb") as f:
+                        return f.read(), ""
+        except (RuntimeError, KeyError):
+            pass
+    note = "No viewport with a GPU context here: used a Workbench render of the camera instead"
+    return workbench_png(scene), note
+
+
+def image_png(image: bpy.types.Image) -> bytes:
+    """PNG bytes of an existing image; an unchanged packed PNG is sent as it is."""
+    if image.packed_file is not None and not image.is_dirty and image.file_format == "PNG":
+        return bytes(image.packed_file.data)
+    pixels = image_pixels(image)
+    rgb = pixels[:, :, :3]
+    if image.is_float and image.colorspace_settings.name not in ("sRGB", "Non-Color"):
+        rgb = png.linear_to_srgb(rgb)
+    return png.encode_png(png.float_to_uint8(rgb))
+
+
+def object_mask_png(scene: bpy.types.Scene, objects: list[bpy.types.Object], size: tuple[int, int] | None = None) -> bytes:
+    """White where the given objects are visible from the camera, black elsewhere (occlusion by
+    other objects included): a flat Workbench render with per-object colours, resized to `size`
+    (width, height) to match the image it masks."""
+    if not objects:
+        raise CaptureError("Select the objects to mask first")
+    wanted = {o.name for o in objects}
+    shading = scene.display.shading
+    view = scene.view_settings
+    settings: list[tuple[Any, str, Any]] = [
+        (scene.render, "engine", "BLENDER_WORKBENCH"),
+        (scene.render, "film_transparent", True),
+        (shading, "light", "FLAT"),
+        (shading, "color_type", "OBJECT"),
+        (shading, "show_object_outline", False),
+        (shading, "show_cavity", False),
+        (shading, "show_shadows", False),
+        (shading, "show_xray", False),
+        (view, "view_transform", "Standard"),
+        (view, "look", "None"),
+        (view, "exposure", 0.0),
+        (view, "gamma", 1.0),
+    ]
+    for obj in scene.objects:
+        settings.append((obj, "color", (1.0, 1.0, 1.0, 1.0) if obj.name in wanted else (0.0, 0.0, 0.0, 1.0)))
+    with temporarily(*settings):
+        data = _render_to_png(scene, color_mode="RGBA")
+    with _temp_png() as path:
+        with open(path, "wb") as f:
+            f.write(data)
+        pixels = _load_png_pixels(path)
+    mask = pixels[:, :, 0] * pixels[:, :, 3]
+    if size is not None:
+        mask = _resize_nearest(mask, size)
+    return png.encode_png(png.float_to_uint8(mask))
+
+
+def painted_mask_png(mask_image: bpy.types.Image, size: tuple[int, int]) -> bytes:
+    """A painted mask image (white = repaint), resized to `size` (width, height) if needed."""
+    pixels = image_pixels(mask_image)
+    mask = pixels[:, :, :3].max(axis=2) * pixels[:, :, 3]
+    return png.encode_png(png.float_to_uint8(_resize_nearest(mask, size)))
+
+
+def alpha_mask_png(image: bpy.types.Image) -> bytes:
+    """Erased (transparent) parts of an image become the area to repaint."""
+    pixels = image_pixels(image)
+    return png.encode_png(png.float_to_uint8(1.0 - pixels[:, :, 3]))
+
+
+def _resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    if values.shape[1] == width and values.shape[0] == height:
+        return values
+    rows = (np.arange(height) * values.shape[0] // height).clip(0, values.shape[0] - 1)
+    cols = (np.arange(width) * values.shape[1] // width).clip(0, values.shape[1] - 1)
+    return values[rows][:, cols]

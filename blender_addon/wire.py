@@ -1,0 +1,193 @@
+"""The Latent Bridge wire format, for the add-on (no bpy, no backend imports).
+
+Blender's Python cannot import the backend package, so this module re-states the parts of
+`backend/latentbridge/protocol.py` a client needs: client messages, server events and binary
+frames (`u32` big-endian header length + UTF-8 JSON header + payload). The shared test vectors in
+`tests/vectors/` hold both implementations to the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+PROTOCOL_VERSION = 1
+WS_PATH = "/api/v1/ws"
+DEFAULT_PORT = 7423
+MAX_BINARY_HEADER = 4096
+
+BINARY_KINDS = ("upload", "preview", "result")
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+# Header fields in the order the server serialises them (pydantic model order).
+_HEADER_FIELDS = ("kind", "format", "job_id", "upload_id", "index", "step", "total", "width", "height")
+
+# Required fields of every server event type; anything more is kept as given.
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "hello": ("protocol", "server", "capabilities", "model"),
+    "accepted": ("job_id", "position"),
+    "started": ("job_id", "seed"),
+    "progress": ("job_id", "step", "total"),
+    "preview": ("job_id",),  # JSON form used only by the HTTP event stream
+    "result": ("job_id", "index", "seed", "width", "height", "request"),
+    "done": ("job_id", "count", "elapsed_s"),
+    "cancelled": ("job_id",),
+    "error": ("code", "message"),
+    "status": ("job_id", "state"),
+    "pong": (),
+}
+
+
+class WireError(Exception):
+    """A frame that does not follow the protocol; `code` and `field` as the server names them."""
+
+    def __init__(self, message: str, *, code: str = "bad_message", field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.field = field
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client messages (JSON text frames)
+
+
+def hello_message(client: str = "blender", token: str | None = None) -> str:
+    msg: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client}
+    if token:
+        msg["token"] = token
+    return _dumps(msg)
+
+
+def submit_message(
+    request: dict[str, Any],
+    images: dict[str, str] | None = None,
+    client_ref: str | None = None,
+    priority: str | None = None,
+) -> str:
+    msg: dict[str, Any] = {"type": "submit", "request": request}
+    if client_ref is not None:
+        msg["client_ref"] = client_ref
+    if images:
+        msg["images"] = dict(images)
+    if priority is not None:
+        msg["priority"] = priority
+    return _dumps(msg)
+
+
+def cancel_message(job_id: str) -> str:
+    return _dumps({"type": "cancel", "job_id": job_id})
+
+
+def attach_message(job_id: str) -> str:
+    return _dumps({"type": "attach", "job_id": job_id})
+
+
+def ping_message() -> str:
+    return _dumps({"type": "ping"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Server events (JSON text frames)
+
+
+def parse_event(text: str | bytes) -> dict[str, Any]:
+    """Decode one event from the server, or raise WireError (code `bad_message`)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("event is not valid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise WireError("event must be a JSON object with a string `type`", field="type")
+    required = EVENT_FIELDS.get(data["type"])
+    if required is None:
+        raise WireError(f"unknown event type {data['type']!r}", field="type")
+    for name in required:
+        if name not in data:
+            raise WireError(f"{data['type']} event lacks `{name}`", field=name)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary frames
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    for name in header:
+        if name not in _HEADER_FIELDS:
+            raise WireError(f"header.{name}: extra inputs are not permitted", field=f"header.{name}")
+    if header.get("kind") not in BINARY_KINDS:
+        raise WireError(f"header.kind: must be one of {', '.join(BINARY_KINDS)}", field="header.kind")
+    if header.get("format") not in IMAGE_FORMATS:
+        raise WireError(f"header.format: must be one of {', '.join(IMAGE_FORMATS)}", field="header.format")
+    for name in ("job_id", "upload_id"):
+        value = header.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 100):
+            raise WireError(f"header.{name}: must be a string of at most 100 characters", field=f"header.{name}")
+    for name, low, high in (("index", 0, 1024), ("step", 0, None), ("total", 0, None), ("width", 1, None), ("height", 1, None)):
+        value = header.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise WireError(f"header.{name}: out of range", field=f"header.{name}")
+    if header["kind"] == "upload" and not header.get("upload_id"):
+        raise WireError("header: upload frames need `upload_id`", field="header")
+    if header["kind"] != "upload" and not header.get("job_id"):
+        raise WireError(f"header: {header['kind']} frames need `job_id`", field="header")
+
+
+def encode_binary(header: dict[str, Any], payload: bytes) -> bytes:
+    """Header fields that are None are left out; `index` defaults to 0, as the server writes it."""
+    full = {"index": 0, **{k: v for k, v in header.items() if v is not None}}
+    _check_header(full)
+    ordered = {name: full[name] for name in _HEADER_FIELDS if name in full}
+    head = _dumps(ordered).encode("utf-8")
+    if len(head) > MAX_BINARY_HEADER:
+        raise WireError("binary header too long")
+    return struct.pack(">I", len(head)) + head + bytes(payload)
+
+
+def upload_frame(upload_id: str, data: bytes, fmt: str = "png") -> bytes:
+    return encode_binary({"kind": "upload", "format": fmt, "upload_id": upload_id}, data)
+
+
+def decode_binary(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    """Split a binary frame into (header, payload), or raise WireError saying what is wrong."""
+    if len(frame) < 4:
+        raise WireError("binary frame shorter than its 4-byte header length")
+    (n,) = struct.unpack(">I", frame[:4])
+    if n == 0 or n > MAX_BINARY_HEADER:
+        raise WireError(f"binary header length {n} out of range 1..{MAX_BINARY_HEADER}")
+    if len(frame) < 4 + n:
+        raise WireError("binary frame truncated inside its header")
+    try:
+        header = json.loads(bytes(frame[4 : 4 + n]))
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("binary header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise WireError("binary header must be a JSON object")
+    header.setdefault("index", 0)
+    _check_header(header)
+    return header, bytes(frame[4 + n :])
+
+
+def ws_url(server_url: str) -> str:
+    """`http://host:port` / `ws://host:port` / `host:port` → the websocket URL of the API."""
+    url = server_url.strip().rstrip("/")
+    if "://" not in url:
+        url = "ws://" + url
+    scheme, rest = url.split("://", 1)
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    host = rest.split("/", 1)[0]
+    return f"{scheme}://{host}{WS_PATH}"
+
+
+def http_url(server_url: str) -> str:
+    """The HTTP base URL (`http://host:port`) of a server URL given in any of the accepted forms."""
+    ws = ws_url(server_url)
+    scheme, rest = ws.split("://", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}"

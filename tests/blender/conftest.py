@@ -1,0 +1,26 @@
+"""Add-on tests against the real Blender (`bpy`), with the built extension installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lb_blender  # noqa: E402
+
+lb_blender.import_bpy_or_fail()
+
+
+@pytest.fixture(scope="session")
+def addon():
+    pytest.importorskip("bpy")
+    return lb_blender.install_addon()
+
+
+@pytest.fixture
+def scene(addon):
+    """A fresh file (add-on still enabled) with a cube and a camera, 64×64 Workbench."""
+    addon["controller"].controller.reset()
+    return lb_blender.reset_scene()

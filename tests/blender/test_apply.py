@@ -1,0 +1,142 @@
+"""Pixels into Blender: preview decode + copy, drain-tick time with a 1024² preview, packed
+results with their request surviving save/reopen, texture wiring."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bpy")
+PIL = pytest.importorskip("PIL.Image")
+
+import lb_blender  # noqa: E402
+
+
+def _jpeg(width: int, height: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """A smooth preview-like JPEG (a latent upscaled) and its RGB values."""
+    rng = np.random.default_rng(seed)
+    small = PIL.fromarray((rng.random((height // 8, width // 8, 3)) * 255).astype(np.uint8))
+    image = small.resize((width, height), PIL.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=85)
+    return buf.getvalue(), np.asarray(image)
+
+
+def test_preview_writer_decodes_and_copies(addon, scene):
+    apply = addon["apply"]
+    data, rgb = _jpeg(96, 64)
+    target = apply.ensure_preview_image(64, 64)
+    assert target.is_float
+    writer = apply.PreviewWriter()
+    writer.begin(data, "jpeg", target)
+    assert writer.busy
+    assert writer.finish() == target
+    assert tuple(target.size) == (96, 64)  # resized to the preview
+    pixels = np.empty(96 * 64 * 4, np.float32)
+    target.pixels.foreach_get(pixels)
+    top_first = pixels.reshape(64, 96, 4)[::-1, :, :3]
+    assert np.abs(top_first * 255 - rgb).mean() < 4  # JPEG decode differences only
+    assert "Latent Bridge Scratch" not in {i.name for i in addon["bpy"].data.images}
+
+
+def test_drain_tick_with_1024_previews(addon, scene, capsys):
+    """The issue's budget: main-thread work per drain tick ≤ 10 ms with a 1024² preview.
+    Each tick does at most one half of a preview (decode, or copy); measured and printed."""
+    ctl_mod, conn_mod = addon["controller"], addon["connection"]
+    controller = ctl_mod.controller
+    fake = lb_blender.FakeConnection(conn_mod)
+    controller.connection = fake
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024})
+    job.job_id, job.state = "j1", "running"
+    controller.jobs[job.client_ref] = job
+    frames = [_jpeg(1024, 1024, seed)[0] for seed in range(3)]
+    decode_ms, copy_ms = [], []
+    for step in range(1, 9):
+        fake.feed(conn_mod.Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": "j1", "step": step, "width": 1024, "height": 1024}, data=frames[step % 3]))
+        decode_ms.append(controller.drain())  # picks up + decodes
+        copy_ms.append(controller.drain())  # copies into the float preview
+    assert job.previews == 8
+    preview = addon["bpy"].data.images[addon["apply"].PREVIEW_IMAGE]
+    assert tuple(preview.size) == (1024, 1024) and preview.is_float
+    idle = [controller.drain() for _ in range(5)]
+    with capsys.disabled():
+        print(
+            f"\ndrain tick, 1024² JPEG preview: decode tick median {statistics.median(decode_ms):.1f} ms "
+            f"(max {max(decode_ms):.1f}), copy tick median {statistics.median(copy_ms):.1f} ms "
+            f"(max {max(copy_ms):.1f}), idle {max(idle):.2f} ms"
+        )
+    # Behaviour, not the machine's speed: ticks are split and idle ticks cost nothing.
+    assert max(idle) < 1.0
+    assert statistics.median(decode_ms) < 60 and statistics.median(copy_ms) < 60
+
+
+def test_latest_preview_wins_in_one_tick(addon, scene):
+    ctl_mod, conn_mod = addon["controller"], addon["connection"]
+    controller = ctl_mod.controller
+    fake = lb_blender.FakeConnection(conn_mod)
+    controller.connection = fake
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img"})
+    job.job_id = "j1"
+    controller.jobs[job.client_ref] = job
+    old, _ = _jpeg(64, 64, 1)
+    new, rgb = _jpeg(64, 64, 2)
+    for data in (old, old, new):
+        fake.feed(conn_mod.Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": "j1"}, data=data))
+    controller.drain()
+    controller.drain()
+    assert job.previews == 1
+    preview = addon["bpy"].data.images[addon["apply"].PREVIEW_IMAGE]
+    pixels = np.empty(64 * 64 * 4, np.float32)
+    preview.pixels.foreach_get(pixels)
+    assert np.abs(pixels.reshape(64, 64, 4)[::-1, :, :3] * 255 - rgb).mean() < 4
+
+
+def _png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    PIL.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_packed_result_and_request_survive_save_and_reopen(addon, scene, tmp_path):
+    import bpy
+
+    apply = addon["apply"]
+    request = {"mode": "txt2img", "prompt": "weathered bronze", "steps": 4, "width": 64, "height": 48}
+    image = apply.pack_png(_png_bytes(), "LB txt2img 77", 64, 48)
+    apply.store_request(image, request, seed=77, job_id="j9")
+    path = str(tmp_path / "result.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert "LB txt2img 77" not in bpy.data.images
+    bpy.ops.wm.open_mainfile(filepath=path)
+    image = bpy.data.images["LB txt2img 77"]
+    assert image.packed_file is not None and tuple(image.size) == (64, 48)
+    assert apply.stored_request(image) == {**request, "seed": 77}
+    assert image["latentbridge_seed"] == 77 and image["latentbridge_prompt"] == "weathered bronze"
+    assert abs(image.pixels[0] - 200 / 255) < 1e-3
+
+
+def test_texture_wiring_creates_or_reuses_a_material(addon, scene):
+    import bpy
+
+    apply = addon["apply"]
+    cube = scene.objects["Cube"]
+    image = apply.pack_png(_png_bytes(), "tex", 64, 48)
+    materials = apply.assign_texture([cube, scene.objects["Camera"]], image)  # the camera is skipped
+    assert len(materials) == 1 and cube.active_material is materials[0]
+    tree = materials[0].node_tree
+    node = tree.nodes[apply.TEXTURE_NODE]
+    assert node.image == image and node.extension == "REPEAT"
+    bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    assert any(l.from_node == node and l.to_socket == bsdf.inputs["Base Color"] for l in tree.links)
+
+    # An existing material is kept: the same node is re-pointed, no duplicate nodes.
+    second = apply.pack_png(_png_bytes((0, 0, 255)), "tex2", 64, 48)
+    apply.assign_texture([cube], second)
+    assert cube.active_material is materials[0]
+    assert [n.name for n in tree.nodes].count(apply.TEXTURE_NODE) == 1 and node.image == second
+    assert len(bpy.data.materials) == 1

@@ -1,0 +1,111 @@
+"""The add-on's own codec (blender_addon/wire.py) against the shared vectors in tests/vectors/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import lb_blender
+
+wire = lb_blender.source_module("wire")
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+INVALID = json.loads((VECTORS / "invalid" / "index.json").read_text())
+
+
+def _load(folder: str, name: str) -> dict:
+    return json.loads((VECTORS / folder / name).read_text())
+
+
+def _names(folder: str, pattern: str) -> list[str]:
+    return sorted(p.name for p in (VECTORS / folder).glob(pattern))
+
+
+def test_vectors_are_there():
+    assert len(_names("server", "*.json")) >= 11
+    assert {"upload_init.bin", "upload_mask.bin", "preview.bin", "result.bin"} <= set(_names("binary", "*.bin"))
+
+
+@pytest.mark.parametrize("name", _names("server", "*.json"))
+def test_server_event_decodes(name):
+    text = (VECTORS / "server" / name).read_text()
+    event = wire.parse_event(text)
+    assert event == json.loads(text)
+    assert set(wire.EVENT_FIELDS[event["type"]]) <= set(event)
+
+
+@pytest.mark.parametrize("name", _names("binary", "*.bin"))
+def test_binary_frame_decodes_and_reencodes_byte_for_byte(name):
+    frame = (VECTORS / "binary" / name).read_bytes()
+    header, payload = wire.decode_binary(frame)
+    assert header == _load("binary", name.replace(".bin", ".header.json"))
+    assert payload[:2] in (b"\x89P", b"\xff\xd8")  # PNG or JPEG bytes, untouched
+    assert wire.encode_binary(header, payload) == frame
+
+
+def test_upload_frames_match_the_vectors():
+    submit = _load("client", "submit_inpaint.json")
+    for role in ("init", "mask"):
+        expected = (VECTORS / "binary" / f"upload_{role}.bin").read_bytes()
+        _, payload = wire.decode_binary(expected)
+        assert wire.upload_frame(submit["images"][role], payload) == expected
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("hello.json", lambda v: wire.hello_message(v["client"]) if "client" in v else wire.hello_message()),
+        ("hello_token.json", lambda v: wire.hello_message(v["client"], v["token"])),
+        ("cancel.json", lambda v: wire.cancel_message(v["job_id"])),
+        ("attach.json", lambda v: wire.attach_message(v["job_id"])),
+        ("ping.json", lambda v: wire.ping_message()),
+        ("submit_txt2img.json", lambda v: wire.submit_message(v["request"], v.get("images"), v.get("client_ref"), v.get("priority"))),
+        ("submit_inpaint.json", lambda v: wire.submit_message(v["request"], v.get("images"), v.get("client_ref"), v.get("priority"))),
+    ],
+)
+def test_client_messages_match_the_vectors(name, build):
+    vector = _load("client", name)
+    built = json.loads(build(vector))
+    if name == "hello.json" and "client" not in vector:
+        built.pop("client")
+    assert built == vector
+
+
+@pytest.mark.parametrize("name", [n for n in INVALID if n.endswith(".bin")])
+def test_invalid_binary_frames_are_refused_with_the_servers_code(name):
+    with pytest.raises(wire.WireError) as info:
+        wire.decode_binary((VECTORS / "invalid" / name).read_bytes())
+    assert info.value.code == INVALID[name]["code"]
+    if "field" in INVALID[name]:
+        assert info.value.field == INVALID[name]["field"]
+
+
+@pytest.mark.parametrize("name", [n for n in INVALID if not n.endswith(".bin")])
+def test_invalid_text_frames_are_not_events(name):
+    # Malformed frames (bad_message) and client messages the server refuses are, to a client,
+    # nothing it may take for a server event.
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_event((VECTORS / "invalid" / name).read_bytes())
+    assert info.value.code == "bad_message"
+
+
+def test_encode_refuses_headers_the_server_would_refuse():
+    with pytest.raises(wire.WireError):
+        wire.encode_binary({"kind": "preview", "format": "jpeg"}, b"")  # no job_id
+    with pytest.raises(wire.WireError):
+        wire.encode_binary({"kind": "upload", "format": "gif", "upload_id": "u"}, b"")
+
+
+@pytest.mark.parametrize(
+    "given, ws, http",
+    [
+        ("http://127.0.0.1:7423", "ws://127.0.0.1:7423/api/v1/ws", "http://127.0.0.1:7423"),
+        ("127.0.0.1:9000/", "ws://127.0.0.1:9000/api/v1/ws", "http://127.0.0.1:9000"),
+        ("https://gpu.example:443", "wss://gpu.example:443/api/v1/ws", "https://gpu.example:443"),
+        ("ws://localhost:7423/api/v1/ws", "ws://localhost:7423/api/v1/ws", "http://localhost:7423"),
+    ],
+)
+def test_server_urls(given, ws, http):
+    assert wire.ws_url(given) == ws
+    assert wire.http_url(given) == http
