@@ -49,7 +49,7 @@ class LATENTBRIDGE_AP_preferences(bpy.types.AddonPreferences):
         box = col.box()
         box.label(text=f"Connection: {controller.conn_status}", icon=_state_icon(controller.conn_state))
         if controller.conn_state in ("RETRYING", "IDLE", "CLOSED"):
-            box.label(text="Nothing reachable? Run `latentbridge serve` in a terminal (pip install latentbridge),")
+            box.label(text="Nothing reachable? Run `latentbridge serve` in a terminal (see the README),")
             box.label(text="or tick Start Local Backend below and give the Python that has it installed.")
         col.separator()
         col.prop(self, "start_local")
