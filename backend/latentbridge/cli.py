@@ -569,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`latentbridge info x.png | head`): not an error
+        sys.stdout = open(os.devnull, "w")  # so the interpreter's final flush stays quiet too
+        return EXIT_OK
     except Exception as exc:
         if args.debug:
             raise

@@ -2,6 +2,7 @@
 generation with the built-in tiny model (in-process and once as `python -m latentbridge`)."""
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -223,6 +224,22 @@ def test_info_prints_request_and_parameters(tmp_path, capsys):
     assert body[1].startswith("a red cube\nNegative prompt: blur\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64")
     code, out, _ = _run(capsys, "info", "--json", str(path))
     assert code == 0 and GenerationRequest.model_validate_json(out) == req
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch):
+    """`latentbridge info x.png | head -1`: the reader leaving early exits 0, silently."""
+    path = tmp_path / "r.png"
+    path.write_bytes(images.encode_png(Image.new("RGB", (64, 64)), GenerationRequest(seed=3), seed=3))
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    errors = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", errors)
+    assert cli.main(["info", str(path)]) == 0
+    assert errors.getvalue() == ""
 
 
 def test_info_reads_a1111_only_images(tmp_path, capsys):
