@@ -170,6 +170,10 @@ class Engine:
             raise Unsupported(
                 f"seamless tiling needs a convolutional UNet model (SD 1.x/2.x, SDXL), not {model.family}", field="seamless"
             )
+        if request.negative_prompt.strip() and model.family == "flux":
+            # Flux is guidance-distilled: `guidance` drives its guidance embedding, and a negative
+            # prompt would need a second (true CFG) scale the request does not carry.
+            raise Unsupported("flux models take no negative prompt (guidance-distilled): leave it empty", field="negative_prompt")
 
     def _tile_vae(self, model: models.LoadedModel, request: GenerationRequest) -> bool:
         mode = self.settings.vae_tiling
@@ -204,6 +208,10 @@ class Engine:
             if taesd is None:
                 log.warning("preview decoder 'taesd' requested but no TAESD is configured: using latent2rgb")
                 decoder = "latent2rgb"
+            elif taesd.config.latent_channels != model.base.vae.config.latent_channels:
+                # e.g. SD1's TAESD (4 channels) configured while an SD3/Flux model (16) is loaded
+                log.warning("the configured TAESD does not fit %s latents: using latent2rgb", model.family)
+                taesd, decoder = None, "latent2rgb"
         width = request.width + request.outpaint.left + request.outpaint.right
         height = request.height + request.outpaint.top + request.outpaint.bottom
         return LatentPreviewer(model.family, decoder, taesd=taesd, vae=model.base.vae, image_size=(width, height))

@@ -2,8 +2,9 @@
 
 Every mode ends in the same denoising call (`_denoise`) on one of the model's three shared
 pipelines, with a fresh scheduler for the chosen sampler and one CPU generator per image (so a
-seed means the same image on every device). The pipelines return latents; decoding is ours so a
-large image decodes in tiles and a seamless one stays seamless (`seamless.decode_latents`).
+seed means the same image on every device). The pipelines return latents (Flux's packed ones are
+unpacked); decoding is ours for every family, so a large image decodes in tiles and a seamless
+one stays seamless (`seamless.decode_latents`, which also applies SD3/Flux's latent shift).
 """
 
 from __future__ import annotations
@@ -73,21 +74,33 @@ class _CleanLatentTap:
     """Records the scheduler's predicted clean latent (x0) at each step, for previews.
 
     Euler/DDIM/LCM/Heun return it from `step`; the multistep solvers (DPM++, UniPC) keep it as
-    their latest model output. Others fall back to the current (noisy) latents.
+    their latest model output; flow-matching schedulers (SD3, Flux) return neither, so x0 is
+    computed from the velocity: x_t = (1 - sigma) * x0 + sigma * noise and v = noise - x0 give
+    x0 = x_t - sigma * v. Others fall back to the current (noisy) latents.
     """
 
     def __init__(self, scheduler):
         self.latest: torch.Tensor | None = None
         original = scheduler.step
+        flow = _is_flow(scheduler)
 
         # wraps: pipelines inspect step's signature to decide whether to pass `generator`/`eta`.
         @functools.wraps(original)
         def step(*args, **kwargs):
             out = original(*args, **kwargs)
-            self.latest = self._clean(out, scheduler)
+            self.latest = self._flow_clean(scheduler, args, kwargs) if flow else self._clean(out, scheduler)
             return out
 
         scheduler.step = step  # instance attribute: the scheduler is private to this request
+
+    @staticmethod
+    def _flow_clean(scheduler, args, kwargs) -> torch.Tensor | None:
+        velocity = kwargs.get("model_output", args[0] if args else None)
+        sample = kwargs.get("sample", args[2] if len(args) > 2 else None)
+        if velocity is None or sample is None:
+            return None
+        sigma = scheduler.sigmas[scheduler.step_index - 1]  # step() has just advanced the index
+        return sample.float() - sigma.to(sample.device) * velocity.float()
 
     @staticmethod
     def _clean(out, scheduler) -> torch.Tensor | None:
@@ -105,16 +118,77 @@ class _CleanLatentTap:
         return None
 
 
+def _is_flow(scheduler) -> bool:
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def _feed_generators(scheduler, generators: list[torch.Generator]) -> None:
+    """Stochastic flow-matching Euler draws fresh noise in `step`, but the SD3/Flux pipelines call
+    `step` without a generator (so it would use torch's global RNG): hand it the request's own
+    generators, so a seed still means one image."""
+    original = scheduler.step
+
+    @functools.wraps(original)
+    def step(*args, **kwargs):
+        kwargs.setdefault("generator", generators if len(generators) > 1 else generators[0])
+        return original(*args, **kwargs)
+
+    scheduler.step = step
+
+
 def _generators(seeds: list[int]) -> list[torch.Generator]:
     # CPU generators: the same seed gives the same noise on CUDA, MPS and CPU.
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
+def _size_multiple(pipe) -> int:
+    """Pixel sizes the denoiser accepts are multiples of this: the VAE factor (8) times the
+    transformer's patch (SD3: 2) or Flux's 2x2 latent packing."""
+    vae_scale = int(getattr(pipe, "vae_scale_factor", 8))
+    if "Flux" in type(pipe).__name__:
+        return vae_scale * 2
+    transformer = getattr(pipe, "transformer", None)
+    patch = getattr(transformer.config, "patch_size", 1) if transformer is not None else 1
+    return vae_scale * int(patch)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
+def _nchw_latents(pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pipeline latents as (B, C, h, w): Flux works on packed 2x2 patch sequences."""
+    if latents.ndim == 3:
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    return latents
+
+
+def _steps_run(family: str, steps: int, strength: float) -> int:
+    """How many steps an img2img/inpaint pipeline runs for `strength` (diffusers' own rounding)."""
+    if family in FLOW_FAMILIES:  # SD3/Flux pipelines skip int(steps - steps * strength) steps
+        return steps - int(max(steps - steps * strength, 0))
+    return min(int(steps * strength), steps)
+
+
 def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> list[Image.Image]:
-    """Run one pipeline call and decode its output into PIL images of width x height."""
+    """Run one pipeline call and decode its output into PIL images of width x height.
+
+    Transformer models take sizes in multiples of 16: such a size is generated at the next
+    multiple and resized back (init images and masks are resized by the pipeline itself).
+    """
     model, request = run.model, run.request
+    if "strength" in mode_kwargs and _steps_run(model.family, request.steps, mode_kwargs["strength"]) < 1:
+        raise InvalidRequest(
+            f"strength {mode_kwargs['strength']} of {request.steps} steps leaves no step to run: raise strength or steps",
+            field="strength",
+        )
     pipe = model.pipe(kind)
+    multiple = _size_multiple(pipe)
+    work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
+    generators = _generators(run.seeds)
     scheduler = make_scheduler(request.sampler, model.scheduler, model.family)
+    if scheduler.config.get("stochastic_sampling", False):
+        _feed_generators(scheduler, generators)
     tap = _CleanLatentTap(scheduler)
     pipe.scheduler = scheduler  # one request at a time per engine: see Engine
     started = time.perf_counter()
@@ -129,7 +203,10 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
                 if run.previewer is None:
                     return None
                 source = tap.latest if tap.latest is not None and tap.latest.shape == latents.shape else latents
-                return run.previewer.to_image(source, request.preview.max_size)
+                image = run.previewer.to_image(_nchw_latents(pipe, source, work_w, work_h), request.preview.max_size)
+                if image is not None and (work_w, work_h) != (width, height):  # back to the request's aspect
+                    image = image.resize((max(1, round(image.width * width / work_w)), max(1, round(image.height * height / work_h))))
+                return image
 
             run.on_step(StepUpdate(step_index + 1, total, time.perf_counter() - started, preview))
         return callback_kwargs
@@ -137,32 +214,21 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
     kwargs = dict(
         prompt=request.prompt,
         num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
+        guidance_scale=request.guidance,  # Flux: its distilled guidance embedding, not CFG
         num_images_per_prompt=len(run.seeds),
-        generator=_generators(run.seeds),
+        generator=generators,
         callback_on_step_end=on_step_end,
         callback_on_step_end_tensor_inputs=["latents"],
-        width=width,
-        height=height,
+        width=work_w,
+        height=work_h,
     )
-    if model.family != "flux":  # Flux (guidance-distilled) takes no negative prompt
+    if model.family != "flux":  # Flux is guidance-distilled: the engine refuses negative prompts
         kwargs["negative_prompt"] = request.negative_prompt or None
     kwargs.update(mode_kwargs)
     run.check_cancel()
-    decodes_itself = model.family in FLOW_FAMILIES  # packed/transformer latents: the pipeline decodes
-    vae = pipe.vae
-    if decodes_itself:
-        if run.tile_vae and hasattr(vae, "enable_tiling"):
-            vae.enable_tiling()
-        try:
-            out = pipe(output_type="pil", **kwargs).images
-        finally:
-            if run.tile_vae and hasattr(vae, "disable_tiling"):
-                vae.disable_tiling()
-        return [im.convert("RGB").resize((width, height)) if im.size != (width, height) else im.convert("RGB") for im in out]
     latents = pipe(output_type="latent", **kwargs).images
     run.check_cancel()
-    return _decode(run, latents, width, height)
+    return _decode(run, _nchw_latents(pipe, latents, work_w, work_h), width, height)
 
 
 def _decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:

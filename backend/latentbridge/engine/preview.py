@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..protocol import Seamless, Unsupported
-from .seamless import decode_latents
+from .seamless import decode_latents, unscale_latents
 
 # Rows = latent channels, columns = R, G, B (public coefficients, as ComfyUI's latent formats
 # publish them), applied to the scaled latent; then clamp to [-1, 1].
@@ -137,6 +137,20 @@ class LatentPreviewer:
         hi = first.amax(dim=(1, 2), keepdim=True)
         return ((first - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1).permute(1, 2, 0)
 
+    def _taesd_decode(self, x: torch.Tensor) -> torch.Tensor:
+        """TAESD decodes the latents the way a pipeline would with it as its VAE: divided by its
+        own `scaling_factor` (1.0 for SD1/SDXL's TAESD, which read the pipeline's scaled latents)
+        plus its `shift_factor` (TAESD3 / TAEF1 carry SD3's / Flux's constants)."""
+        channels = getattr(self.taesd.config, "latent_channels", x.shape[1])
+        if channels != x.shape[1]:
+            raise Unsupported(
+                f"the TAESD preview decoder takes {channels}-channel latents but this model makes {x.shape[1]} "
+                "(SD1/2: taesd, SDXL: taesdxl, SD3: taesd3, Flux: taef1)",
+                field="preview",
+            )
+        param = next(self.taesd.parameters())
+        return self.taesd.decode(unscale_latents(self.taesd, x.to(param.device, param.dtype))).sample
+
     @torch.no_grad()
     def to_image(self, latents: torch.Tensor, max_size: int) -> Image.Image | None:
         """Preview of the first latent of the batch, longest side ≤ max_size; None for "none"."""
@@ -148,8 +162,7 @@ class LatentPreviewer:
             full = (x.shape[-1] * 8, x.shape[-2] * 8)  # the image the latent stands for
         else:
             if self.decoder == "taesd":
-                param = next(self.taesd.parameters())
-                out = self.taesd.decode(x.to(param.device, param.dtype)).sample
+                out = self._taesd_decode(x)
             else:
                 out = decode_latents(self.vae, x, Seamless.none, tile=False)
             rgb = out[0].float().permute(1, 2, 0)

@@ -25,9 +25,13 @@ _SCHEDULERS: dict[Sampler, tuple[str, dict]] = {
     Sampler.pndm: ("PNDMScheduler", {"skip_prk_steps": True}),
 }
 
-# Flow-matching families (SD3, Flux) sample with their own flow-matching Euler scheduler only.
+# Flow-matching families (SD3, Flux) sample with diffusers' flow-matching Euler scheduler:
+# "euler" is its deterministic form, "euler_a" its stochastic one (re-noises each step, like an
+# ancestral sampler). The DDPM-style solvers above assume a noise schedule these models lack, and
+# diffusers' other flow schedulers do not take the custom sigmas / shift the SD3 and Flux
+# pipelines pass them.
 FLOW_FAMILIES = {"sd3", "flux"}
-_FLOW_SAMPLERS = {Sampler.euler, Sampler.euler_a}
+FLOW_SAMPLERS = (Sampler.euler, Sampler.euler_a)
 
 
 def available_samplers() -> list[Sampler]:
@@ -39,18 +43,28 @@ def _has_torchsde() -> bool:
     return importlib.util.find_spec("torchsde") is not None
 
 
+def family_samplers(family: str) -> list[Sampler]:
+    """Samplers a model of `family` can use in this installation."""
+    if family in FLOW_FAMILIES:
+        return list(FLOW_SAMPLERS)
+    return available_samplers()
+
+
 def make_scheduler(sampler: Sampler, base_scheduler, family: str):
     """A new scheduler for one request, configured from the model's own `base_scheduler`."""
     import diffusers
 
     sampler = Sampler(sampler)
     if family in FLOW_FAMILIES:
-        if sampler not in _FLOW_SAMPLERS:
+        if sampler not in FLOW_SAMPLERS:
             raise Unsupported(
-                f"sampler {sampler.value!r} is not available for {family} (flow matching): use 'euler'",
+                f"sampler {sampler.value!r} is not available for {family} (flow matching): use 'euler' or 'euler_a'",
                 field="sampler",
             )
-        return type(base_scheduler).from_config(base_scheduler.config)
+        # The model's own config carries its shift (and Flux's resolution-dependent shift).
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+            base_scheduler.config, stochastic_sampling=sampler is Sampler.euler_a
+        )
     if sampler is Sampler.dpmpp_sde_karras and not _has_torchsde():
         raise Unsupported("sampler 'dpmpp_sde_karras' needs the torchsde package: pip install torchsde", field="sampler")
     class_name, overrides = _SCHEDULERS[sampler]

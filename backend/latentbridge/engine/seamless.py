@@ -116,8 +116,9 @@ def set_seamless(modules: list[nn.Module], seamless: Seamless) -> None:
 # Decoding
 
 
-def _unscale(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Pipeline (scaled) latents → the VAE's own latent space, as diffusers' pipelines do it."""
+def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Pipeline (scaled) latents → the latent space of `vae` (a VAE or a TAESD), as diffusers' pipelines
+    do it before `vae.decode`."""
     cfg = vae.config
     scaling = getattr(cfg, "scaling_factor", 1.0) or 1.0
     mean = getattr(cfg, "latents_mean", None)
@@ -186,7 +187,7 @@ def decode_latents(
     if latents.ndim != 4:
         raise Unsupported(f"decode_latents needs NCHW latents, got shape {tuple(latents.shape)} (unpack Flux latents first)")
     param = next(vae.parameters())
-    z = _unscale(vae, latents.to(device=param.device, dtype=param.dtype))
+    z = unscale_latents(vae, latents.to(device=param.device, dtype=param.dtype))
     _, _, h, w = z.shape
     seamless = Seamless(seamless)
     if not tile or (h <= tile_latent and w <= tile_latent):
