@@ -24,6 +24,8 @@ def resolve_lora(name: str, settings: Settings, *, local: bool) -> Path:
             try:
                 candidate.resolve().relative_to(base)
             except ValueError:
+                if local:  # a local caller's own path: looked up as given below
+                    continue
                 raise LatentBridgeError(f"LoRA {name!r} is outside the LoRA folders", field="loras", code=ErrorCode.invalid_request) from None
             if candidate.is_file():
                 return candidate
@@ -48,6 +50,8 @@ def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: boo
                 raise LatentBridgeError(f"LoRA {path.name}: expected a .safetensors file", field="loras", code=ErrorCode.invalid_request)
             check_weights_file(path, settings.allow_pickle, what="LoRA")
             adapter = f"latentbridge_{index}"
+            # Counted before loading: a load that fails half-way may have injected layers already.
+            adapters.append(adapter)
             try:
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
             except (ValueError, KeyError, OSError, RuntimeError) as exc:
@@ -56,7 +60,6 @@ def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: boo
                     field="loras",
                     code=ErrorCode.invalid_request,
                 ) from None
-            adapters.append(adapter)
         pipe.set_adapters(adapters, adapter_weights=[spec.weight for spec in loras])
         yield
     finally:

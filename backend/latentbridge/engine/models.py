@@ -24,8 +24,9 @@ SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin")
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
-# Which modes each family can run (diffusers has no SD3/Flux pipelines with our seamless tiling:
-# their transformers have no convolutions to wrap).
+# Which modes each family can run: diffusers has text-to-image, img2img and inpainting pipelines
+# for all of them (outpaint is inpainting on an extended canvas). tests/backend/test_engine_flow.py
+# runs every mode on the SD3 and Flux tiny models.
 FAMILY_MODES: dict[str, set[Mode]] = {
     "sd1": set(Mode),
     "sd2": set(Mode),
@@ -33,6 +34,8 @@ FAMILY_MODES: dict[str, set[Mode]] = {
     "sd3": set(Mode),
     "flux": set(Mode),
 }
+# Seamless tiling wraps the convolutions of a UNet; SD3/Flux transformers see the image as a
+# sequence of patches with non-periodic position embeddings, which no padding makes wrap.
 SEAMLESS_FAMILIES = {"sd1", "sd2", "sdxl"}
 
 
@@ -130,6 +133,8 @@ def _inside(path: Path, base: Path) -> bool:
 
 
 def _resolve_in_model_dirs(name: str, settings: Settings) -> ModelSource:
+    if Path(name).is_absolute():
+        raise UnknownModel(f"model {name!r}: remote clients name models relative to the model folders, not by path", field="model")
     for base in settings.model_dirs:
         candidate = Path(base) / name
         if not _inside(candidate, Path(base)):
@@ -200,12 +205,36 @@ def family_of(pipe) -> str:
     return "sd1"
 
 
+def _hub_offline(settings: Settings) -> bool:
+    return settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def check_folder_weights(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a diffusers folder with a component stored only as pickle weights (.bin/.ckpt/.pt),
+    unless the user opted in: checked before loading, so the error can say what to do."""
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        suffixes = {f.suffix.lower() for f in component.iterdir() if f.is_file()}
+        if suffixes & set(PICKLE_WEIGHTS) and not suffixes & set(SAFE_WEIGHTS):
+            if allow_pickle:
+                log.warning("loading pickle weights of %s/%s (allow_pickle is on)", folder.name, component.name)
+                continue
+            raise LatentBridgeError(
+                f"{folder.name}/{component.name} has only pickle weights (.bin/.ckpt/.pt), which can run code when "
+                "loaded: convert them to .safetensors, or start with --allow-pickle if you trust them",
+                field="model",
+                code=ErrorCode.unsupported,
+            )
+
+
 def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: bool):
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image, DiffusionPipeline
 
-    kwargs = dict(dtype=dtype, use_safetensors=not settings.allow_pickle)
+    if not hub:
+        check_folder_weights(Path(ref), settings.allow_pickle)
+    # allow_pickle permits pickle weights where no safetensors exist; it never prefers them.
+    kwargs = dict(dtype=dtype, use_safetensors=None if settings.allow_pickle else True)
     if hub:
-        kwargs["local_files_only"] = settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
+        kwargs["local_files_only"] = _hub_offline(settings)
     index = Path(ref) / "model_index.json" if not hub else None
     class_name = None
     if index is not None and index.exists():
@@ -297,6 +326,12 @@ def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype):
     except LatentBridgeError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
+        if source.kind == "hub" and _hub_offline(settings):
+            raise UnknownModel(
+                f"{source.ref!r} is not in the local model cache and downloads are off (--offline or HF_HUB_OFFLINE=1; "
+                f"{_first_line(exc)}): run once with the network, or {_HINT}",
+                field="model",
+            ) from None
         if source.kind == "hub":
             raise UnknownModel(
                 f"could not load {source.ref!r} from the hub ({_first_line(exc)}). Offline or not a diffusers repo: {_HINT}",
@@ -335,7 +370,8 @@ class LoadedModel:
     def native_size(self) -> int:
         """The pixel size the model was trained at (longest side)."""
         denoiser = getattr(self.base, "unet", None) or getattr(self.base, "transformer", None)
-        sample = getattr(denoiser.config, "sample_size", 64) if denoiser is not None else 64
+        default = 128 if self.family == "flux" else 64  # Flux's transformer config has no sample_size (1024 px)
+        sample = getattr(denoiser.config, "sample_size", default) if denoiser is not None else default
         if isinstance(sample, (list, tuple)):
             sample = max(sample)
         return int(sample) * self.vae_scale
@@ -372,16 +408,39 @@ def place(pipe, device: torch.device, settings: Settings) -> None:
         # Keeps only the active sub-model on the GPU: big saving, some speed cost.
         pipe.enable_model_cpu_offload(device=device)
     else:
+        if settings.cpu_offload:
+            log.warning("cpu_offload needs a CUDA device; ignored on %s (the model stays in %s memory)", device.type, device.type)
         pipe.to(device)
     vae = getattr(pipe, "vae", None)
     if vae is not None and settings.vae_slicing and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
 
 
+def looks_like_flux(source: ModelSource) -> bool:
+    """Whether `source` is a Flux model, known before loading it: from a folder's model_index.json,
+    else from the name (hub ids and files of Flux models carry it, e.g. black-forest-labs/FLUX.1-dev)."""
+    index = Path(source.ref) / "model_index.json"
+    if source.kind == "folder" and index.exists():
+        import json
+
+        return json.loads(index.read_text()).get("_class_name", "").startswith("Flux")
+    return "flux" in Path(source.ref).name.lower()
+
+
+def model_dtype(source: ModelSource, device: torch.device, requested: str | None = None) -> torch.dtype:
+    """`pick_dtype`, except that Flux on CUDA defaults to bf16: FLUX.1 overflows in fp16 (black or
+    NaN images). Flux must be known before loading: weights stored in bf16 lose range through fp16."""
+    dtype = pick_dtype(device, requested)
+    if requested is None and dtype == torch.float16 and device.type == "cuda" and looks_like_flux(source) \
+            and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return dtype
+
+
 def load(name: str, settings: Settings, *, local: bool = True) -> LoadedModel:
     source = resolve_source(name, settings, local=local)
     device = pick_device(settings.device)
-    dtype = pick_dtype(device, settings.dtype)
+    dtype = model_dtype(source, device, settings.dtype)
     pipe = load_pipeline(source, settings, dtype)
     place(pipe, device, settings)
     loaded = LoadedModel(
