@@ -11,7 +11,9 @@ from aiohttp import WSCloseCode, WSMsgType
 from PIL import Image
 
 from latentbridge import images
-from latentbridge.protocol import ErrorCode
+from latentbridge.engine import Engine
+from latentbridge.protocol import WS_PATH, ErrorCode
+from latentbridge.settings import Settings
 
 from server_helpers import WsClient, png_bytes, tiny_request
 
@@ -27,6 +29,21 @@ async def test_hello_reports_capabilities_and_model(ws_connect):
     assert hello.capabilities.limits.max_steps == 150
     await ws.send({"type": "ping"})
     assert (await ws.receive()).type == "pong"
+
+
+async def test_capabilities_follow_the_loaded_family(make_client):
+    """A flow-matching model (SD3) offers only its samplers and no seamless tiling."""
+    sd3 = Engine(Settings(model="tiny-sd3"))
+    sd3.load()
+    client = await make_client(engine=sd3, model="tiny-sd3")
+    ws = WsClient(await client.ws_connect(WS_PATH))
+    hello = await ws.hello()
+    assert hello.model.family == "sd3"
+    assert [s.value for s in hello.capabilities.samplers] == ["euler", "euler_a"]
+    assert [s.value for s in hello.capabilities.seamless] == ["none"]
+    sd1 = await (await make_client()).ws_connect(WS_PATH)
+    sd1_hello = await WsClient(sd1).hello()
+    assert len(sd1_hello.capabilities.samplers) >= 9 and len(sd1_hello.capabilities.seamless) == 4
 
 
 async def test_txt2img_flow_with_previews_and_result(ws_connect):

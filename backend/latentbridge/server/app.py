@@ -27,16 +27,23 @@ SERVER_NAME = f"latentbridge/{__version__}"
 
 
 def capabilities(app: web.Application) -> Capabilities:
+    """What this server can do now; samplers and seamless follow the loaded model's family
+    (SD3/Flux sample with flow-matching Euler only and cannot tile)."""
     settings, engine = app[SETTINGS_KEY], app[ENGINE_KEY]
+    family = engine.status.family
+    seamless = list(Seamless)
     try:
-        from ..engine.samplers import available_samplers
+        from ..engine.models import SEAMLESS_FAMILIES
+        from ..engine.samplers import available_samplers, family_samplers
 
-        samplers = list(available_samplers())
+        samplers = family_samplers(family) if family else available_samplers()
+        if family and family not in SEAMLESS_FAMILIES:
+            seamless = [Seamless.none]
     except ImportError:  # the engine package is optional for a server given another engine
         samplers = list(Sampler)
     decoders = ["latent2rgb", "vae", "none"] + (["taesd"] if settings.taesd else [])
     return Capabilities(
-        modes=list(Mode), samplers=samplers, families=list(engine.capabilities_families), seamless=list(Seamless),
+        modes=list(Mode), samplers=samplers, families=list(engine.capabilities_families), seamless=seamless,
         preview_decoders=decoders,
         limits=Limits(max_width=settings.max_width, max_height=settings.max_height, max_pixels=settings.max_pixels,
                       max_steps=settings.max_steps, max_batch=settings.max_batch,
