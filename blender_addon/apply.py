@@ -1,8 +1,8 @@
 """Pixels into Blender: live previews, packed results with their request, texture wiring.
 
-A preview is applied in two steps so no single UI tick pays for both (see `PreviewWriter`):
-decoding (Blender decodes the JPEG/PNG bytes packed into a scratch image) and copying the float
-pixels into the preview image with `foreach_set`.
+A preview is applied in three stages, one per UI tick (see `PreviewWriter`): decoding (Blender
+decodes the JPEG/PNG bytes packed into a scratch image), reading its pixels into a float buffer,
+and writing them into the preview image with `foreach_set`.
 """
 
 from __future__ import annotations
@@ -42,46 +42,76 @@ def _scratch_from_bytes(data: bytes, fmt: str) -> bpy.types.Image:
 
 
 class PreviewWriter:
-    """Decodes preview bytes and writes them into a float preview image, over two ticks."""
+    """Decodes preview bytes and writes them into a float preview image in three stages, one per
+    UI tick, so no tick pays for more than one: decode (Blender reads the JPEG/PNG), read (its
+    pixels into a reused float buffer) and write (`foreach_set` into the preview image)."""
 
     def __init__(self) -> None:
-        self._scratch: bpy.types.Image | None = None
+        self._scratch: bpy.types.Image | None = None  # decoded, pixels not read yet
+        self._pending_size: tuple[int, int] | None = None  # pixels read into _buffer, not written yet
         self._target: str | None = None
         self._buffer = np.empty(0, np.float32)
 
     @property
     def busy(self) -> bool:
-        return self._scratch is not None
+        return self._scratch is not None or self._pending_size is not None
 
     def begin(self, data: bytes, fmt: str, target: bpy.types.Image) -> None:
-        """Step 1: decode. A newer preview replaces one that was decoded but not yet copied."""
+        """Stage 1: decode. A newer preview replaces one that was not written yet."""
         self.discard()
         self._scratch = _scratch_from_bytes(data, fmt)
         self._target = target.name
 
-    def finish(self) -> bpy.types.Image | None:
-        """Step 2: copy the decoded pixels into the preview image (resized to match)."""
-        scratch, self._scratch = self._scratch, None
-        if scratch is None:
+    def begin_pixels(self, pixels: np.ndarray, width: int, height: int, target: bpy.types.Image) -> None:
+        """A preview already in Blender's pixel layout (a raw preview): only the write stage is left."""
+        self.discard()
+        self._buffer = pixels
+        self._pending_size = (width, height)
+        self._target = target.name
+
+    def step(self) -> bpy.types.Image | None:
+        """Run the next stage; returns the preview image once its pixels are written."""
+        if self._scratch is not None:
+            self._read()
             return None
+        if self._pending_size is not None:
+            return self._write()
+        return None
+
+    def finish(self) -> bpy.types.Image | None:
+        """All remaining stages at once (for callers that do not mind one long tick)."""
+        image = None
+        while self.busy:
+            image = self.step()
+        return image
+
+    def _read(self) -> None:
+        scratch, self._scratch = self._scratch, None
         try:
-            target = bpy.data.images.get(self._target or "")
             width, height = scratch.size
-            if target is None or width == 0 or height == 0:
-                return None
+            if width == 0 or height == 0:
+                return
             n = width * height * 4
             if self._buffer.size != n:
                 self._buffer = np.empty(n, np.float32)
             scratch.pixels.foreach_get(self._buffer)
-            if tuple(target.size) != (width, height):
-                target.scale(width, height)
-            target.pixels.foreach_set(self._buffer)
-            target.update()
-            return target
+            self._pending_size = (width, height)
         finally:
             bpy.data.images.remove(scratch)
 
+    def _write(self) -> bpy.types.Image | None:
+        (width, height), self._pending_size = self._pending_size, None
+        target = bpy.data.images.get(self._target or "")
+        if target is None:
+            return None
+        if tuple(target.size) != (width, height):
+            target.scale(width, height)
+        target.pixels.foreach_set(self._buffer)
+        target.update()
+        return target
+
     def discard(self) -> None:
+        self._pending_size = None
         if self._scratch is not None:
             bpy.data.images.remove(self._scratch)
             self._scratch = None

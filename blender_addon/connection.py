@@ -36,12 +36,14 @@ HANDSHAKE_TIMEOUT_S = 10.0
 @dataclass
 class Incoming:
     """One item for the main thread: an event (`kind="event"`), a binary frame (`"preview"` /
-    `"result"`, with `header` and `data`), or a connection state change (`"state"`)."""
+    `"result"`, with `header` and `data`), or a connection state change (`"state"`). A raw `rgb`
+    preview arrives already converted to Blender's pixel layout in `pixels` (see wire.raw_preview_pixels)."""
 
     kind: str
     event: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
     data: bytes = b""
+    pixels: Any = None
 
 
 class Connection:
@@ -309,6 +311,14 @@ class Connection:
                 header, data = wire.decode_binary(frame)
             except wire.WireError as exc:
                 self._push(Incoming("event", {"type": "error", "code": exc.code, "message": f"bad frame from server: {exc.message}", "job_id": None}))
+                return
+            if header["format"] == wire.RAW_PREVIEW:
+                try:
+                    pixels = wire.raw_preview_pixels(data, header["width"], header["height"])
+                except wire.WireError as exc:
+                    self._push(Incoming("event", {"type": "error", "code": exc.code, "message": f"bad frame from server: {exc.message}", "job_id": None}))
+                    return
+                self._push(Incoming(header["kind"], header=header, pixels=pixels))
                 return
             self._push(Incoming(header["kind"], header=header, data=data))
             return

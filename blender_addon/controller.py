@@ -116,6 +116,8 @@ class Controller:
         targets: list[str] | None = None,
     ) -> JobContext:
         conn = self.connect_from_prefs(context)
+        # A server on this machine sends raw previews: no decoding on Blender's main thread.
+        request["preview"] = {**request.get("preview", {}), "format": "rgb" if wire.is_loopback(conn.url) else "jpeg"}
         job = JobContext(conn.new_ref(), context.scene.name, request, texture, list(targets or []), inputs=dict(images))
         self.jobs[job.client_ref] = job
         conn.submit(request, images, client_ref=job.client_ref)
@@ -153,7 +155,7 @@ class Controller:
         if self.writer.busy:
             job = self.jobs.get(self._writer_job or "")
             if job is not None and not job.results and not job.finished:
-                if self.writer.finish() is not None:
+                if self.writer.step() is not None:
                     job.previews += 1
             else:
                 self.writer.discard()
@@ -166,7 +168,10 @@ class Controller:
             job = self.jobs.get(ref)
             if job is not None and not job.finished and not job.results:
                 target = apply.ensure_preview_image(item.header.get("width") or 64, item.header.get("height") or 64)
-                self.writer.begin(item.data, item.header.get("format", "jpeg"), target)
+                if item.pixels is not None:
+                    self.writer.begin_pixels(item.pixels, item.header["width"], item.header["height"], target)
+                else:
+                    self.writer.begin(item.data, item.header.get("format", "jpeg"), target)
                 self._writer_job = ref
         elapsed = (time.perf_counter() - start) * 1000.0
         self.tick_ms = (self.tick_ms + [elapsed])[-200:]

@@ -19,6 +19,7 @@ MAX_BINARY_HEADER = 4096
 
 BINARY_KINDS = ("upload", "preview", "result")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+RAW_PREVIEW = "rgb"  # raw 8-bit RGB rows, top first: preview frames only
 # Header fields in the order the server serialises them (pydantic model order).
 _HEADER_FIELDS = ("kind", "format", "job_id", "upload_id", "index", "step", "total", "width", "height")
 
@@ -122,8 +123,8 @@ def _check_header(header: dict[str, Any]) -> None:
             raise WireError(f"header.{name}: extra inputs are not permitted", field=f"header.{name}")
     if header.get("kind") not in BINARY_KINDS:
         raise WireError(f"header.kind: must be one of {', '.join(BINARY_KINDS)}", field="header.kind")
-    if header.get("format") not in IMAGE_FORMATS:
-        raise WireError(f"header.format: must be one of {', '.join(IMAGE_FORMATS)}", field="header.format")
+    if header.get("format") not in IMAGE_FORMATS + (RAW_PREVIEW,):
+        raise WireError(f"header.format: must be one of {', '.join(IMAGE_FORMATS + (RAW_PREVIEW,))}", field="header.format")
     for name in ("job_id", "upload_id"):
         value = header.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 100):
@@ -138,6 +139,8 @@ def _check_header(header: dict[str, Any]) -> None:
         raise WireError("header: upload frames need `upload_id`", field="header")
     if header["kind"] != "upload" and not header.get("job_id"):
         raise WireError(f"header: {header['kind']} frames need `job_id`", field="header")
+    if header["format"] == RAW_PREVIEW and (header["kind"] != "preview" or not header.get("width") or not header.get("height")):
+        raise WireError("header: raw `rgb` payloads are for preview frames only, with width and height", field="header")
 
 
 def encode_binary(header: dict[str, Any], payload: bytes) -> bytes:
@@ -173,6 +176,28 @@ def decode_binary(frame: bytes) -> tuple[dict[str, Any], bytes]:
     header.setdefault("index", 0)
     _check_header(header)
     return header, bytes(frame[4 + n :])
+
+
+def raw_preview_pixels(payload: bytes, width: int, height: int):
+    """A raw `rgb` preview as Blender wants pixels: flat float32 RGBA, bottom row first. Runs on
+    the network thread, so the main thread only has to `foreach_set` it."""
+    import numpy as np  # Blender ships numpy; only this function needs it
+
+    if len(payload) != width * height * 3:
+        raise WireError(f"raw preview is {len(payload)} bytes, expected {width}x{height}x3", field="payload")
+    rgb = np.frombuffer(payload, np.uint8).reshape(height, width, 3)[::-1]
+    rgba = np.empty((height, width, 4), np.float32)
+    np.multiply(rgb, np.float32(1.0 / 255.0), out=rgba[:, :, :3])
+    rgba[:, :, 3] = 1.0
+    return rgba.reshape(-1)
+
+
+def is_loopback(server_url: str) -> bool:
+    """Whether the server runs on this machine (then raw previews cost nothing to send)."""
+    host = ws_url(server_url).split("://", 1)[1].split("/", 1)[0]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    host = host.strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def ws_url(server_url: str) -> str:

@@ -134,17 +134,20 @@ def image_request(request: GenerationRequest, seed: int | None) -> GenerationReq
 
 
 def encode_preview(image: Image.Image, max_size: int, format: str = "jpeg") -> bytes:
-    """Small preview bytes (jpeg, webp or png) whose longest side is at most `max_size`."""
+    """Small preview bytes whose longest side is at most `max_size`: jpeg, webp, png, or `rgb`
+    (raw 8-bit RGB rows, top first, width*height*3 bytes; `preview_image` reads any of them)."""
     fmt = format.lower()
-    if fmt not in ("jpeg", "jpg", "webp", "png"):
-        raise InvalidRequest(f"unknown preview format {format!r}: use jpeg, webp or png", field="format")
+    if fmt not in ("jpeg", "jpg", "webp", "png", "rgb"):
+        raise InvalidRequest(f"unknown preview format {format!r}: use jpeg, webp, png or rgb", field="format")
     if max_size < 1:
         raise InvalidRequest("preview max_size must be at least 1", field="max_size")
-    image = image.convert("RGB") if fmt in ("jpeg", "jpg") or image.mode not in ("RGB", "RGBA", "L") else image
+    image = image.convert("RGB") if fmt in ("jpeg", "jpg", "rgb") or image.mode not in ("RGB", "RGBA", "L") else image
     if max(image.size) > max_size:
         scale = max_size / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if fmt == "rgb":
+        return image.tobytes()
     buf = io.BytesIO()
     if fmt in ("jpeg", "jpg"):
         image.save(buf, format="JPEG", quality=80)
@@ -153,6 +156,15 @@ def encode_preview(image: Image.Image, max_size: int, format: str = "jpeg") -> b
     else:
         image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def preview_image(data: bytes, format: str, size: tuple[int, int]) -> Image.Image:
+    """A preview's bytes back as an image (`size` is needed for raw `rgb` previews)."""
+    if format == "rgb":
+        return Image.frombytes("RGB", size, data)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image
 
 
 def _open_for_metadata(data_or_path: bytes | str | os.PathLike) -> Image.Image:

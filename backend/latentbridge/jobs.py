@@ -146,7 +146,7 @@ class Job:
         self.pngs: list[bytes] = []
         self.cancel_event = threading.Event()
         self.timed_out = False
-        self.latest_preview: bytes | None = None
+        self.latest_preview: PreviewFrame | None = None
         self.subscribers: set[Subscription] = set()
 
     def status(self, position: int | None = None) -> StatusEvent:
@@ -339,7 +339,7 @@ class JobManager:
             return job.pngs[index]
         return self.store.result_png(job_id, index)
 
-    def latest_preview(self) -> tuple[str, bytes] | None:
+    def latest_preview(self) -> tuple[str, PreviewFrame] | None:
         job = self.current_job
         if job is None or job.latest_preview is None:
             return None
@@ -398,7 +398,7 @@ class JobManager:
             sub.push(event)
 
     def _emit_preview(self, job: Job, frame: PreviewFrame) -> None:
-        job.latest_preview = frame.data
+        job.latest_preview = frame
         for sub in list(job.subscribers):
             sub.push_preview(frame)
 
@@ -516,9 +516,11 @@ class JobManager:
                 image = update.preview()
                 if image is not None:
                     last_preview[0] = now
-                    data = images.encode_preview(image, job.request.preview.max_size)
-                    w, h = _scaled(image.size, job.request.preview.max_size)
-                    self._call(self._emit_preview, job, PreviewFrame(job.id, update.step, update.total, w, h, data))
+                    options = job.request.preview
+                    data = images.encode_preview(image, options.max_size, options.format)
+                    w, h = _scaled(image.size, options.max_size)
+                    self._call(self._emit_preview, job,
+                               PreviewFrame(job.id, update.step, update.total, w, h, data, options.format))
 
         result = self.engine.generate(job.request, init_image=job.init_image, mask=job.mask,
                                       on_step=on_step, cancel=job.cancel_event)

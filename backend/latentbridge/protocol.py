@@ -93,9 +93,18 @@ class LoraSpec(Strict):
     weight: float = Field(1.0, ge=-4.0, le=4.0)
 
 
+# Encodings of a preview: images, or raw RGB rows (see PreviewOptions.format).
+PreviewFormat = Literal["png", "jpeg", "webp", "rgb"]
+
+
 class PreviewOptions(Strict):
     decoder: Literal["latent2rgb", "taesd", "vae", "none"] = "latent2rgb"
     max_size: int = Field(256, ge=16, le=1024, description="Longest side of a preview in pixels")
+    format: Literal["jpeg", "png", "rgb"] = Field(
+        "jpeg",
+        description="Preview encoding. rgb: raw 8-bit RGB, rows top first, width*height*3 bytes: nothing to "
+        "decode, for clients on the same machine (Blender applies it without a decode step)",
+    )
 
 
 class GenerationRequest(Strict):
@@ -441,7 +450,7 @@ class PreviewEvent(BaseModel):
     total: int
     width: int
     height: int
-    format: Literal["png", "jpeg", "webp"] = "jpeg"
+    format: PreviewFormat = "jpeg"
     data: str = Field(..., description="The image bytes, base64")
 
 
@@ -478,7 +487,7 @@ MAX_BINARY_HEADER = 4096
 
 class BinaryHeader(Strict):
     kind: BinaryKind
-    format: ImageFormat
+    format: PreviewFormat = Field(..., description="png, jpeg or webp; `rgb` (raw pixels) on preview frames only")
     job_id: str | None = Field(None, max_length=100, description="Set on preview/result frames")
     upload_id: str | None = Field(None, max_length=100, description="Set on upload frames; named in `submit.images`")
     index: int = Field(0, ge=0, le=1024)
@@ -493,6 +502,8 @@ class BinaryHeader(Strict):
             raise ValueError("upload frames need `upload_id`")
         if self.kind != "upload" and not self.job_id:
             raise ValueError(f"{self.kind} frames need `job_id`")
+        if self.format == "rgb" and (self.kind != "preview" or not self.width or not self.height):
+            raise ValueError("raw `rgb` payloads are for preview frames only, with width and height")
         return self
 
 

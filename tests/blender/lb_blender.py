@@ -77,6 +77,7 @@ def install_addon() -> dict[str, Any]:
         capture=importlib.import_module(ADDON_MODULE + ".capture"),
         connection=importlib.import_module(ADDON_MODULE + ".connection"),
         png=importlib.import_module(ADDON_MODULE + ".png"),
+        wire=importlib.import_module(ADDON_MODULE + ".wire"),
     )
     return _installed
 

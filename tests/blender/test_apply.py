@@ -43,35 +43,63 @@ def test_preview_writer_decodes_and_copies(addon, scene):
     assert "Latent Bridge Scratch" not in {i.name for i in addon["bpy"].data.images}
 
 
-def test_drain_tick_with_1024_previews(addon, scene, capsys):
-    """The issue's budget: main-thread work per drain tick ≤ 10 ms with a 1024² preview.
-    Each tick does at most one half of a preview (decode, or copy); measured and printed."""
-    ctl_mod, conn_mod = addon["controller"], addon["connection"]
+def _running_1024_job(addon, scene):
+    """The controller on a fake connection, following one running 1024² job `j1`."""
+    ctl_mod = addon["controller"]
     controller = ctl_mod.controller
-    fake = lb_blender.FakeConnection(conn_mod)
+    fake = lb_blender.FakeConnection(addon["connection"])
     controller.connection = fake
     job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024})
     job.job_id, job.state = "j1", "running"
     controller.jobs[job.client_ref] = job
+    return controller, fake, job
+
+
+def test_drain_tick_with_1024_previews(addon, scene, capsys):
+    """The issue's budget: main-thread work per drain tick ≤ 10 ms with a 1024² preview.
+    Each tick runs one stage of a preview (decode, read pixels, write pixels); measured and printed."""
+    conn_mod = addon["connection"]
+    controller, fake, job = _running_1024_job(addon, scene)
     frames = [_jpeg(1024, 1024, seed)[0] for seed in range(3)]
-    decode_ms, copy_ms = [], []
+    stages = {"decode": [], "read": [], "write": []}
     for step in range(1, 9):
         fake.feed(conn_mod.Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": "j1", "step": step, "width": 1024, "height": 1024}, data=frames[step % 3]))
-        decode_ms.append(controller.drain())  # picks up + decodes
-        copy_ms.append(controller.drain())  # copies into the float preview
-    assert job.previews == 8
+        for name in stages:  # one stage per tick
+            stages[name].append(controller.drain())
+        assert job.previews == step
     preview = addon["bpy"].data.images[addon["apply"].PREVIEW_IMAGE]
     assert tuple(preview.size) == (1024, 1024) and preview.is_float
     idle = [controller.drain() for _ in range(5)]
+    every = sorted(ms for values in stages.values() for ms in values)
     with capsys.disabled():
-        print(
-            f"\ndrain tick, 1024² JPEG preview: decode tick median {statistics.median(decode_ms):.1f} ms "
-            f"(max {max(decode_ms):.1f}), copy tick median {statistics.median(copy_ms):.1f} ms "
-            f"(max {max(copy_ms):.1f}), idle {max(idle):.2f} ms"
-        )
+        print("\ndrain tick, 1024² JPEG preview: " + ", ".join(
+            f"{name} median {statistics.median(values):.1f} ms (max {max(values):.1f})" for name, values in stages.items())
+            + f"; all ticks p90 {every[int(0.9 * (len(every) - 1))]:.1f} ms; idle {max(idle):.2f} ms")
     # Behaviour, not the machine's speed: ticks are split and idle ticks cost nothing.
     assert max(idle) < 1.0
-    assert statistics.median(decode_ms) < 60 and statistics.median(copy_ms) < 60
+    assert all(statistics.median(values) < 60 for values in stages.values())
+
+
+def test_drain_tick_with_1024_raw_previews(addon, scene, capsys):
+    """Raw previews (a server on this machine) arrive as Blender pixels: the main thread only
+    picks one up and writes it with `foreach_set`."""
+    conn_mod, wire = addon["connection"], addon["wire"]
+    controller, fake, job = _running_1024_job(addon, scene)
+    rgb = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    ticks = []
+    for step in range(1, 9):
+        pixels = wire.raw_preview_pixels(rgb.tobytes(), 1024, 1024)  # the network thread's part
+        header = {"kind": "preview", "format": "rgb", "job_id": "j1", "step": step, "width": 1024, "height": 1024}
+        fake.feed(conn_mod.Incoming("preview", header=header, pixels=pixels))
+        ticks += [controller.drain(), controller.drain()]  # picked up, written
+        assert job.previews == step
+    written = np.empty(1024 * 1024 * 4, np.float32)
+    addon["bpy"].data.images[addon["apply"].PREVIEW_IMAGE].pixels.foreach_get(written)
+    top_left = written.reshape(1024, 1024, 4)[-1, 0, :3]  # Blender stores the bottom row first
+    assert np.allclose(top_left * 255, rgb[0, 0], atol=0.5)
+    with capsys.disabled():
+        print(f"\ndrain tick, 1024² raw preview: median {statistics.median(ticks):.1f} ms, max {max(ticks):.1f} ms")
+    assert statistics.median(ticks) < 60
 
 
 def test_latest_preview_wins_in_one_tick(addon, scene):
@@ -86,8 +114,8 @@ def test_latest_preview_wins_in_one_tick(addon, scene):
     new, rgb = _jpeg(64, 64, 2)
     for data in (old, old, new):
         fake.feed(conn_mod.Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": "j1"}, data=data))
-    controller.drain()
-    controller.drain()
+    for _ in range(3):
+        controller.drain()
     assert job.previews == 1
     preview = addon["bpy"].data.images[addon["apply"].PREVIEW_IMAGE]
     pixels = np.empty(64 * 64 * 4, np.float32)

@@ -47,8 +47,8 @@ def _run_job(addon, fake, job_id="j1", seed=5, size=(64, 64), request=None):
     for event in events:
         fake.feed(Incoming("event", event))
     fake.feed(Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": job_id, "step": 1, "total": 2}, data=_jpeg((0, 255, 0))))
-    ctl.drain()
-    ctl.drain()  # preview decoded, then copied
+    for _ in range(3):  # preview decoded, read, written: one stage per tick
+        ctl.drain()
     fake.feed(Incoming("event", {"type": "result", "job_id": job_id, "index": 0, "seed": seed, "width": size[0], "height": size[1], "request": full}))
     fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=_png((200, 0, 0), size)))
     fake.feed(Incoming("event", {"type": "done", "job_id": job_id, "count": 1, "elapsed_s": 0.3}))
@@ -183,8 +183,8 @@ def test_connection_loss_keeps_the_last_preview(addon, scene, fake):
     ref = fake.sent[-1][3]
     fake.feed(Incoming("event", {"type": "accepted", "job_id": "j4", "client_ref": ref, "position": 0}))
     fake.feed(Incoming("preview", header={"kind": "preview", "format": "jpeg", "job_id": "j4"}, data=_jpeg((0, 0, 255))))
-    ctl.drain()
-    ctl.drain()
+    for _ in range(3):
+        ctl.drain()
     fake.feed(Incoming("state", {"state": "RETRYING", "status": "Connection to the server dropped; 1 running job(s) will be re-attached"}))
     ctl.drain()
     assert "dropped" in scene.latentbridge.status and scene.latentbridge.running

@@ -40,8 +40,30 @@ def test_binary_frame_decodes_and_reencodes_byte_for_byte(name):
     frame = (VECTORS / "binary" / name).read_bytes()
     header, payload = wire.decode_binary(frame)
     assert header == _load("binary", name.replace(".bin", ".header.json"))
-    assert payload[:2] in (b"\x89P", b"\xff\xd8")  # PNG or JPEG bytes, untouched
+    if header["format"] == "rgb":  # raw rows, top first
+        assert len(payload) == header["width"] * header["height"] * 3
+    else:
+        assert payload[:2] in (b"\x89P", b"\xff\xd8")  # PNG or JPEG bytes, untouched
     assert wire.encode_binary(header, payload) == frame
+
+
+def test_raw_preview_becomes_blender_pixels():
+    """Bottom row first, float RGBA: what `foreach_set` takes, computed off the main thread."""
+    header, payload = wire.decode_binary((VECTORS / "binary" / "preview_rgb.bin").read_bytes())
+    pixels = wire.raw_preview_pixels(payload, header["width"], header["height"])
+    rows = pixels.reshape(header["height"], header["width"], 4)
+    assert pixels.dtype.name == "float32"
+    assert rows[1, :, :3].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]  # the top row, last
+    assert rows[0, :, :3].tolist() == [[0, 0, 0]] * 4 and (rows[:, :, 3] == 1).all()
+    with pytest.raises(wire.WireError):
+        wire.raw_preview_pixels(payload[:-1], header["width"], header["height"])
+
+
+def test_loopback_servers_get_raw_previews():
+    for url in ("http://127.0.0.1:7423", "localhost:7423", "ws://[::1]:7423", "127.0.0.2"):
+        assert wire.is_loopback(url), url
+    for url in ("http://192.168.1.20:7423", "https://gpu.example.com", "10.0.0.1:7423"):
+        assert not wire.is_loopback(url), url
 
 
 def test_upload_frames_match_the_vectors():

@@ -337,3 +337,16 @@ def test_inpainting_fill_modes_touch_only_the_masked_area():
     grey = np.asarray(apply_inpainting_fill(image, mask, 3))
     assert tuple(grey[16, 16]) == (128, 128, 128) and tuple(grey[0, 0]) == (200, 40, 40)
     assert apply_inpainting_fill(image, mask, 1) is image
+
+
+def test_progress_image_is_png_whatever_the_preview_format():
+    """/progress `current_image` is a PNG for A1111 clients, from a JPEG or a raw preview."""
+    from latentbridge.jobs import PreviewFrame
+    from latentbridge.server.a1111 import _png_b64
+
+    picture = Image.new("RGB", (6, 4), (250, 10, 20))
+    for fmt in ("jpeg", "rgb"):
+        frame = PreviewFrame("j", 1, 2, 6, 4, image_utils.encode_preview(picture, 64, fmt), fmt)
+        decoded = Image.open(io.BytesIO(base64.b64decode(_png_b64(frame))))
+        assert decoded.format == "PNG" and decoded.size == (6, 4)
+        assert np.abs(np.asarray(decoded.convert("RGB"), np.int16) - (250, 10, 20)).max() < 12

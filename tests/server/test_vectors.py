@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from latentbridge import images
 from latentbridge.protocol import (
     BinaryHeader,
     LatentBridgeError,
@@ -60,6 +61,11 @@ def test_binary_vector_round_trip(name):
     header, payload = decode_binary_frame(frame)
     assert header.model_dump(mode="json", exclude_none=True) == expected_header
     assert encode_binary_frame(BinaryHeader.model_validate(expected_header), payload) == frame
+    if header.format == "rgb":  # raw rows, top first
+        assert len(payload) == header.width * header.height * 3
+        image = images.preview_image(payload, "rgb", (header.width, header.height))
+        assert image.getpixel((0, 0)) == (255, 0, 0) and image.getpixel((3, 0)) == (255, 255, 255)
+        return
     image = Image.open(io.BytesIO(payload))
     image.load()  # a real, complete image
     assert image.format.lower() == header.format

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from aiohttp import WSCloseCode, WSMsgType
 from PIL import Image
 
@@ -66,6 +67,24 @@ async def test_txt2img_flow_with_previews_and_result(ws_connect):
     assert (head.index, head.width, head.height) == (0, 64, 64)
     assert result_event.seed == 11 and result_event.request.seed == 11
     assert images.read_png_request(png) == result_event.request  # the PNG regenerates itself
+
+
+async def test_raw_rgb_previews_when_asked(ws_connect):
+    """`preview.format = rgb`: raw rows, top first, sized as the header says (no decode needed)."""
+    ws = await ws_connect()
+    await ws.hello()
+    request = tiny_request(steps=2, preview={"decoder": "vae", "max_size": 48, "format": "rgb"})
+    await ws.send({"type": "submit", "request": request})
+    accepted = await ws.receive()
+    _, seen = await ws.until("done", accepted.job_id)
+    previews = [s for s in seen if isinstance(s, tuple) and s[0].kind == "preview"]
+    assert previews
+    head, raw = previews[-1]
+    assert (head.format, head.width, head.height) == ("rgb", 48, 48) and len(raw) == 48 * 48 * 3
+    _, result_png = next(s for s in seen if isinstance(s, tuple) and s[0].kind == "result")
+    final = np.asarray(Image.open(io.BytesIO(result_png)).convert("RGB").resize((48, 48), Image.Resampling.BILINEAR), np.float32)
+    last = np.frombuffer(raw, np.uint8).reshape(48, 48, 3).astype(np.float32)
+    assert np.abs(final - last).mean() < 8  # the last VAE preview is the final image, rows top first
 
 
 async def test_inpaint_with_uploaded_vector_frames(ws_connect):

@@ -146,6 +146,9 @@ def binary_vectors(init_png: bytes, mask_png: bytes, preview_jpeg: bytes, result
         "preview": (BinaryHeader(kind="preview", format="jpeg", job_id=JOB_ID, step=2, total=4, width=32, height=32),
                     preview_jpeg),
         "result": (BinaryHeader(kind="result", format="png", job_id=JOB_ID, index=0, width=64, height=64), result_png),
+        # Raw RGB rows, top first: a 4x2 preview whose top row is red, green, blue, white.
+        "preview_rgb": (BinaryHeader(kind="preview", format="rgb", job_id=JOB_ID, step=3, total=4, width=4, height=2),
+                        bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255] + [0, 0, 0] * 4)),
     }
 
 
@@ -176,6 +179,7 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
         "binary_unknown_kind.bin": _frame(b'{"kind":"video","format":"png","upload_id":"u1"}', png),
         "binary_upload_without_id.bin": _frame(b'{"kind":"upload","format":"png"}', png),
         "binary_unknown_field.bin": _frame(b'{"kind":"upload","format":"png","upload_id":"u1","extra":1}', png),
+        "binary_rgb_upload.bin": _frame(b'{"kind":"upload","format":"rgb","upload_id":"u1","width":1,"height":1}', b"\0\0\0"),
     }
     bad_message = {"code": "bad_message"}
     index = {name: dict(bad_message) for name in files}
@@ -188,6 +192,7 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
     index["binary_unknown_kind.bin"] = {"code": "bad_message", "field": "header.kind"}
     index["binary_upload_without_id.bin"] = {"code": "bad_message", "field": "header"}
     index["binary_unknown_field.bin"] = {"code": "bad_message", "field": "header.extra"}
+    index["binary_rgb_upload.bin"] = {"code": "bad_message", "field": "header"}
     return files, index
 
 

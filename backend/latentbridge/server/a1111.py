@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import images as image_utils
-from ..jobs import JobManager
+from ..jobs import JobManager, PreviewFrame
 from ..settings import Settings
 from .app import ENGINE_KEY, JOBS_KEY, SETTINGS_KEY, capabilities
 from .security import list_models, resolve_model_name
@@ -688,11 +688,10 @@ async def img2img(request: web.Request) -> web.Response:
     return await _generate(request, "img2img")
 
 
-def _png_b64(data: bytes) -> str:
-    """A1111 clients expect PNG here; our previews are JPEG, so re-encode (small images)."""
-    with Image.open(io.BytesIO(data)) as image:
-        out = io.BytesIO()
-        image.save(out, format="PNG")
+def _png_b64(frame: PreviewFrame) -> str:
+    """A1111 clients expect PNG here; our previews are JPEG or raw, so re-encode (small images)."""
+    out = io.BytesIO()
+    image_utils.preview_image(frame.data, frame.format, (frame.width, frame.height)).save(out, format="PNG")
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
