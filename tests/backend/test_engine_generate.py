@@ -220,13 +220,17 @@ def test_large_outputs_decode_in_bounded_tiles(engine, monkeypatch):
     assert shapes == [(8, 8)]
 
 
-def test_every_sampler_runs_and_a_choice_does_not_leak_into_the_next_request(engine):
+def test_every_sampler_runs_reproducibly_and_a_choice_does_not_leak_into_the_next_request(engine):
     baseline = pixels(engine.generate(small_request(sampler="euler")).images[0])
     outputs = {}
     for sampler in Sampler:
-        if sampler is Sampler.dpmpp_sde_karras:
-            continue  # needs the optional torchsde; covered below
         outputs[sampler] = pixels(engine.generate(small_request(sampler=sampler.value)).images[0])
+        again = pixels(engine.generate(small_request(sampler=sampler.value)).images[0])
+        assert np.array_equal(again, outputs[sampler]), f"{sampler.value} is not reproducible"
+    # Stochastic samplers draw their extra noise from the request's seed.
+    for stochastic in (Sampler.euler_a, Sampler.dpmpp_sde_karras):
+        other_seed = pixels(engine.generate(small_request(sampler=stochastic.value, seed=8)).images[0])
+        assert not np.array_equal(other_seed, outputs[stochastic])
     assert not np.array_equal(outputs[Sampler.euler_a], outputs[Sampler.ddim])
     assert np.array_equal(outputs[Sampler.euler], baseline)
     assert np.array_equal(pixels(engine.generate(small_request(sampler="euler")).images[0]), baseline)

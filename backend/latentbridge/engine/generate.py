@@ -186,7 +186,7 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
     multiple = _size_multiple(pipe)
     work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
     generators = _generators(run.seeds)
-    scheduler = make_scheduler(request.sampler, model.scheduler, model.family)
+    scheduler = make_scheduler(request.sampler, model.scheduler, model.family, seed=run.seeds[0])
     if scheduler.config.get("stochastic_sampling", False):
         _feed_generators(scheduler, generators)
     tap = _CleanLatentTap(scheduler)

@@ -35,7 +35,8 @@ FLOW_SAMPLERS = (Sampler.euler, Sampler.euler_a)
 
 
 def available_samplers() -> list[Sampler]:
-    """Samplers usable in this installation (the SDE one needs the optional `torchsde`)."""
+    """Samplers usable in this installation (the SDE one needs `torchsde`, a dependency that a
+    hand-made environment may lack)."""
     return [s for s in Sampler if s is not Sampler.dpmpp_sde_karras or _has_torchsde()]
 
 
@@ -50,8 +51,9 @@ def family_samplers(family: str) -> list[Sampler]:
     return available_samplers()
 
 
-def make_scheduler(sampler: Sampler, base_scheduler, family: str):
-    """A new scheduler for one request, configured from the model's own `base_scheduler`."""
+def make_scheduler(sampler: Sampler, base_scheduler, family: str, seed: int = 0):
+    """A new scheduler for one request, configured from the model's own `base_scheduler`.
+    `seed` seeds the SDE sampler's Brownian noise, which would otherwise come from a random seed."""
     import diffusers
 
     sampler = Sampler(sampler)
@@ -72,4 +74,6 @@ def make_scheduler(sampler: Sampler, base_scheduler, family: str):
     config = dict(base_scheduler.config)
     # A model trained for v-prediction keeps it; ancestral/karras choices come from the sampler.
     config.pop("use_karras_sigmas", None)
+    if sampler is Sampler.dpmpp_sde_karras:
+        overrides = {**overrides, "noise_sampler_seed": seed}
     return cls.from_config(config, **overrides)

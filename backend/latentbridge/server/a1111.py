@@ -772,7 +772,7 @@ async def skip(request: web.Request) -> web.Response:
 
 
 async def samplers(request: web.Request) -> web.Response:
-    # Only what this installation can run (e.g. the SDE sampler needs the optional torchsde).
+    # Only what the loaded model can use in this installation (see capabilities()).
     usable = set(capabilities(request.app).samplers)
     return web.json_response([{"name": s.name, "aliases": list(s.aliases), "options": s.options}
                               for s in SAMPLERS if s.sampler in usable])
