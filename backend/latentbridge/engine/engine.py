@@ -87,13 +87,13 @@ class Engine:
         del previous
         _free_memory()
         try:
-            loaded = models.load(name, self.settings, local=self.local)
+            loaded = models.load(name, self.settings, local=self.local, on_download=self._on_download)
         except LatentBridgeError as exc:
-            self._set_status(state=ModelState.failed, error=exc.message)
+            self._set_status(state=ModelState.failed, error=exc.message, progress=None)
             raise
         except Exception as exc:  # an unexpected loader failure must still leave a clear status
             log.exception("loading %s failed", name)
-            self._set_status(state=ModelState.failed, error=f"{type(exc).__name__}: {exc}")
+            self._set_status(state=ModelState.failed, error=f"{type(exc).__name__}: {exc}", progress=None)
             raise LatentBridgeError(f"could not load {name}: {type(exc).__name__}: {exc}", field="model", code=ErrorCode.model_load_failed) from None
         self._model = loaded
         self._set_status(
@@ -107,6 +107,12 @@ class Engine:
         )
         log.info("model %s ready (%s, %s, %s)", name, loaded.family, loaded.device, loaded.dtype)
         return self.status
+
+    def _on_download(self, fraction: float | None) -> None:
+        if fraction is not None and fraction >= 1.0:
+            self._set_status(state=ModelState.loading, progress=None)  # fetched; now loading
+        else:
+            self._set_status(state=ModelState.downloading, progress=fraction)
 
     # ---------------------------------------------------------------- generating
 

@@ -16,7 +16,7 @@ import torch
 
 from ..protocol import ErrorCode, LatentBridgeError, Mode, UnknownModel, Unsupported
 from ..settings import Settings
-from . import tiny
+from . import download, tiny
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,12 @@ def check_folder_weights(folder: Path, allow_pickle: bool) -> None:
             )
 
 
-def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: bool):
+def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: bool, on_download=None):
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image, DiffusionPipeline
 
+    if hub and not _hub_offline(settings):
+        # Fetch first (reporting progress), then load the local snapshot like any folder.
+        ref, hub = download.fetch(ref, settings.allow_pickle, on_download or (lambda fraction: None)), False
     if not hub:
         check_folder_weights(Path(ref), settings.allow_pickle)
     # allow_pickle permits pickle weights where no safetensors exist; it never prefers them.
@@ -314,15 +317,16 @@ def _pipeline_class_for_model_type(model_type: str):
     return diffusers.StableDiffusionPipeline
 
 
-def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype):
-    """The pipeline as stored (on CPU, in `dtype`); raises typed errors with what to pass instead."""
+def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, on_download=None):
+    """The pipeline as stored (on CPU, in `dtype`); raises typed errors with what to pass instead.
+    `on_download(fraction or None)` is called while a hub model downloads."""
     try:
         if source.kind == "builtin":
             pipe = tiny.build_pipeline(source.ref)
             return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
         if source.kind == "single_file":
             return _load_single_file(Path(source.ref), settings, dtype)
-        return _load_folder_or_hub(source.ref, settings, dtype, hub=source.kind == "hub")
+        return _load_folder_or_hub(source.ref, settings, dtype, hub=source.kind == "hub", on_download=on_download)
     except LatentBridgeError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -437,11 +441,15 @@ def model_dtype(source: ModelSource, device: torch.device, requested: str | None
     return dtype
 
 
-def load(name: str, settings: Settings, *, local: bool = True) -> LoadedModel:
+def load(name: str, settings: Settings, *, local: bool = True, on_download=None) -> LoadedModel:
+    """Resolve, load and place a model. `on_download(fraction or None)` reports a hub download,
+    then `on_download(1.0)` once the weights are local."""
     source = resolve_source(name, settings, local=local)
     device = pick_device(settings.device)
     dtype = model_dtype(source, device, settings.dtype)
-    pipe = load_pipeline(source, settings, dtype)
+    pipe = load_pipeline(source, settings, dtype, on_download)
+    if on_download is not None and source.kind == "hub":
+        on_download(1.0)
     place(pipe, device, settings)
     loaded = LoadedModel(
         name=name, source=source, family=family_of(pipe), device=device, dtype=dtype, base=pipe, scheduler=pipe.scheduler
