@@ -83,7 +83,8 @@ def test_unknown_family_falls_back_to_normalised_channels():
 
 
 def test_vae_and_taesd_decoders():
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
+
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(
         block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,

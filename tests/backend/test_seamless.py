@@ -1,14 +1,13 @@
 """Seamless tiling measured on small real diffusers models: periodicity where asked, nowhere else,
 exact restore, LoRA layers, the VAE encoder, and tiled decoding."""
 
+import peft
 import pytest
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
-pytest.importorskip("diffusers")
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-
-from latentbridge.engine.seamless import _axis_tiles, decode_latents, set_seamless  # noqa: E402
-from latentbridge.protocol import Seamless  # noqa: E402
+from latentbridge.engine.seamless import _axis_tiles, decode_latents, set_seamless
+from latentbridge.protocol import Seamless
 
 SCALING = 0.18215
 
@@ -145,7 +144,6 @@ def test_restore_is_bit_exact_and_idempotent(vae, unet):
 
 
 def test_lora_layers_added_later_are_wrapped():
-    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,

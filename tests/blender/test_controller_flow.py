@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("bpy")
-PIL = pytest.importorskip("PIL.Image")
+from PIL import Image as PIL  # noqa: E402
 
 import lb_blender  # noqa: E402
 
