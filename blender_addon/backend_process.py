@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,22 @@ def backend_command(command: str, python_path: str, server_url: str) -> list[str
     if "--port" not in args:
         args += ["--port", str(parts.port or wire.DEFAULT_PORT)]
     return args
+
+
+def server_answers(server_url: str, timeout: float = 0.3) -> bool:
+    """Whether something accepts connections at the server's address (a quick TCP connect)."""
+    parts = urlsplit(wire.http_url(server_url))
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or wire.DEFAULT_PORT), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def should_start(server_url: str, already_running: bool) -> bool:
+    """Start a local backend only for a server on this machine that is not already answering
+    (a backend the artist started by hand is used as it is, not fought over its port)."""
+    return not already_running and wire.is_loopback(server_url) and not server_answers(server_url)
 
 
 class LocalBackend:
@@ -63,7 +80,7 @@ class LocalBackend:
         if self._error:
             return self._error
         if self.process is None:
-            return "Not started"
+            return "Stopped" if self.args else "Not started"
         code = self.process.poll()
         if code is None:
             return f"Running (pid {self.process.pid})"

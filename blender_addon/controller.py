@@ -15,7 +15,7 @@ from typing import Any
 import bpy
 
 from . import apply, png, properties, wire
-from .backend_process import LocalBackend, backend_command
+from .backend_process import LocalBackend, backend_command, should_start
 from .connection import CLOSED, CONNECTED, INCOMPATIBLE, UNAUTHORIZED, Connection, Incoming
 
 ADDON_ID = __package__ or "latentbridge"
@@ -81,7 +81,7 @@ class Controller:
         prefs = preferences(context)
         if prefs is None:
             return self.connect(f"http://127.0.0.1:{wire.DEFAULT_PORT}", force=force)
-        if prefs.start_local and not self.backend.running:
+        if prefs.start_local and should_start(prefs.server_url, self.backend.running):
             self.backend.start(backend_command(prefs.backend_command, prefs.python_path, prefs.server_url))
         return self.connect(prefs.server_url, prefs.token, force=force)
 

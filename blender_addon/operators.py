@@ -9,7 +9,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from . import apply, capture, png
-from .backend_process import backend_command
+from .backend_process import backend_command, server_answers
 from .controller import INPUT_PROPS, controller, preferences
 from .properties import MODES
 
@@ -275,6 +275,10 @@ class LATENTBRIDGE_OT_start_backend(bpy.types.Operator):
         if prefs is None:
             self.report({"ERROR"}, "Latent Bridge preferences are not available")
             return {"CANCELLED"}
+        if not controller.backend.running and server_answers(prefs.server_url):
+            self.report({"INFO"}, f"A server already answers at {prefs.server_url}: connecting to it")
+            controller.connect_from_prefs(context)
+            return {"FINISHED"}
         controller.backend.start(backend_command(prefs.backend_command, prefs.python_path, prefs.server_url))
         status = controller.backend.status()
         if not controller.backend.running:

@@ -24,7 +24,7 @@ class LATENTBRIDGE_AP_preferences(bpy.types.AddonPreferences):
     start_local: BoolProperty(
         name="Start Local Backend",
         default=False,
-        description="Start a backend on this computer when the add-on connects and nothing answers",
+        description="Start a backend on this computer when the add-on connects and nothing answers at the Server URL",
     )
     backend_command: StringProperty(
         name="Command",

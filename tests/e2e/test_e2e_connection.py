@@ -129,3 +129,32 @@ def test_dropped_connection_reconnects_and_reattaches(addon, scene, server):
     finally:
         proxy.close()
         controller.reset()
+
+
+def test_start_local_backend_from_the_preferences_then_generate(addon, scene, tmp_path):
+    """Nothing runs at the Server URL: with *Start Local Backend* the add-on starts one (here:
+    this Python's `latentbridge serve --model tiny`), connects, generates, and stops it."""
+    import sys
+
+    import bpy
+
+    controller = addon["controller"].controller
+    url = f"http://127.0.0.1:{free_port()}"
+    point_prefs_at(url)
+    prefs = bpy.context.preferences.addons[addon["module"].__name__].preferences
+    prefs.start_local = True
+    prefs.backend_command = f'"{sys.executable}" -m latentbridge serve --model tiny --data-dir "{tmp_path / "data"}"'
+    try:
+        _quick(scene, 2)
+        assert bpy.ops.latentbridge.generate() == {"FINISHED"}  # connecting starts the backend
+        assert controller.backend.running and controller.backend.args[-4:] == ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+        job = list(controller.jobs.values())[-1]
+        pump(controller, lambda: job.finished, 180, "the job on the started backend")
+        assert job.state == "done" and len(job.results) == 1, (job.state, job.error, controller.backend.output()[-5:])
+        assert controller.conn_state == "CONNECTED"
+        assert bpy.ops.latentbridge.stop_backend() == {"FINISHED"}
+        assert not controller.backend.running and controller.backend.status() == "Stopped"
+    finally:
+        prefs.start_local, prefs.backend_command = False, ""
+        controller.backend.stop()
+        controller.reset()
