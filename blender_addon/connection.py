@@ -239,8 +239,7 @@ class Connection:
                     )
                     return False
                 self.server_hello = event
-                model = event.get("model") or {}
-                self._set_state(CONNECTED, f"Connected: {event.get('server', 'server')}, model {model.get('name')} ({model.get('state')})")
+                self._set_state(CONNECTED, f"Connected: {event.get('server', 'server')}, {wire.model_summary(event.get('model') or {})}")
                 self._push(Incoming("event", event))
                 for job_id in sorted(self._active_jobs):
                     ws.send(wire.attach_message(job_id))

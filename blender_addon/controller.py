@@ -208,6 +208,9 @@ class Controller:
         kind = event["type"]
         if kind == "hello":
             return
+        if kind == "model":  # the server's model changed state (e.g. a first-run download)
+            self._on_model(event["model"])
+            return
         if kind == "accepted":
             job = self.jobs.get(event.get("client_ref") or "")
             if job is None:
@@ -246,6 +249,16 @@ class Controller:
             self._finish(job, "failed", job.error, level="ERROR")
         elif kind == "status":
             self._on_status(job, event)
+
+    def _on_model(self, model: dict[str, Any]) -> None:
+        server = (self.connection.server_hello or {}).get("server", "server") if self.connection else "server"
+        self.conn_status = f"Connected: {server}, {wire.model_summary(model)}"
+        for job in self.active_jobs():  # a job waiting for the model says what it waits for
+            settings = self._settings(job)
+            if settings is not None and job.state in ("submitted", "queued"):
+                settings.status = f"Waiting for the {wire.model_summary(model)}"
+        if model.get("state") == "failed":
+            self.report("ERROR", f"Latent Bridge: {wire.model_summary(model)}")
 
     def _on_status(self, job: JobContext, event: dict[str, Any]) -> None:
         """Reply to a re-attach: the job's state on the server."""

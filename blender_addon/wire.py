@@ -36,6 +36,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "error": ("code", "message"),
     "status": ("job_id", "state"),
     "pong": (),
+    "model": ("model",),
 }
 
 
@@ -176,6 +177,16 @@ def decode_binary(frame: bytes) -> tuple[dict[str, Any], bytes]:
     header.setdefault("index", 0)
     _check_header(header)
     return header, bytes(frame[4 + n :])
+
+
+def model_summary(model: dict[str, Any]) -> str:
+    """`model X (ready)`, `model X (downloading 42%)`, `model X (failed: why)` for the UI."""
+    state = model.get("state") or "unknown"
+    if state == "downloading" and model.get("progress") is not None:
+        state = f"downloading {int(model['progress'] * 100)}%"
+    elif state == "failed" and model.get("error"):
+        state = f"failed: {model['error']}"
+    return f"model {model.get('name')} ({state})"
 
 
 def raw_preview_pixels(payload: bytes, width: int, height: int):

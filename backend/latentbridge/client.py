@@ -40,6 +40,7 @@ from .protocol import (
     ErrorEvent,
     GenerationRequest,
     HelloEvent,
+    ModelEvent,
     HelloMessage,
     JobState,
     LatentBridgeError,
@@ -333,6 +334,10 @@ class AsyncClient:
             return
         if isinstance(event, StatusEvent) and pending is not None and pending[0] == event.job_id:
             pending[1].set_result(self._jobs[event.job_id])
+        if isinstance(event, ModelEvent):  # keeps `hello.model` current (e.g. download progress)
+            if self.hello is not None:
+                self.hello = self.hello.model_copy(update={"model": event.model})
+            return
         if isinstance(event, PongEvent):
             for fut in self._pongs:
                 if not fut.done():

@@ -436,6 +436,14 @@ class StatusEvent(BaseModel):
     finished_at: float | None = None
 
 
+class ModelEvent(BaseModel):
+    """The model's state changed (loading, downloading with progress, ready, failed): sent to every
+    client that said hello, so a first-run download shows its progress without polling."""
+
+    type: Literal["model"] = "model"
+    model: ModelStatus
+
+
 class PongEvent(BaseModel):
     type: Literal["pong"] = "pong"
 
@@ -467,6 +475,7 @@ ServerEvent = Annotated[
         StatusEvent,
         PongEvent,
         PreviewEvent,
+        ModelEvent,
     ],
     Field(discriminator="type"),
 ]

@@ -123,6 +123,7 @@ class FakeConnection:
         self.status = "Connected (fake)"
         # The address the add-on preferences point at by default, so `connect` reuses this.
         self.url, self.token, self.alive = "ws://127.0.0.1:7423/api/v1/ws", "", True
+        self.server_hello = {"type": "hello", "server": "latentbridge/test"}
         self._n = 0
 
     def feed(self, item):

@@ -194,3 +194,22 @@ def test_connection_loss_keeps_the_last_preview(addon, scene, fake):
     fake.sent.append(("submit", {"mode": "txt2img"}, {}, ref))
     job = _run_job(addon, fake, job_id="j4")
     assert job.state == "done" and len(job.results) == 1
+
+
+def test_model_events_show_download_progress_and_failure(addon, scene, fake):
+    import bpy
+
+    ctl = addon["controller"].controller
+    Incoming = addon["connection"].Incoming
+    scene.latentbridge.prompt = "bronze"
+    bpy.ops.latentbridge.generate()
+    ref = fake.sent[-1][3]
+    fake.feed(Incoming("event", {"type": "accepted", "job_id": "j9", "client_ref": ref, "position": 0}))
+    fake.feed(Incoming("event", {"type": "model", "model": {"name": "acme/xl", "state": "downloading", "progress": 0.42}}))
+    ctl.drain()
+    assert ctl.conn_status == "Connected: latentbridge/test, model acme/xl (downloading 42%)"
+    assert scene.latentbridge.status == "Waiting for the model acme/xl (downloading 42%)"
+    fake.feed(Incoming("event", {"type": "model", "model": {"name": "acme/xl", "state": "failed", "error": "disk full"}}))
+    ctl.drain()
+    assert "failed: disk full" in ctl.conn_status
+    assert ("ERROR", "Latent Bridge: model acme/xl (failed: disk full)") in ctl.messages

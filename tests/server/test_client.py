@@ -200,3 +200,26 @@ async def test_token_is_sent_and_required(aiohttp_server, tmp_path):
     async with AsyncClient(url, token="s3cret") as client:
         assert len(await client.generate(request(steps=2))) == 1
         assert len(await client.generate(request(steps=2), transport="http")) == 1
+
+
+async def test_hello_model_follows_the_servers_model_events(aiohttp_server, tmp_path, monkeypatch):
+    from latentbridge.protocol import ModelState
+    from latentbridge.server import ws as ws_module
+    from latentbridge.server.app import ENGINE_KEY
+
+    monkeypatch.setattr(ws_module, "MODEL_WATCH_S", 0.01)
+    settings = load_settings(environ={}, model="tiny", data_dir=tmp_path / "data")
+    app = create_app(settings)
+    server = await aiohttp_server(app)
+    async with AsyncClient(str(server.make_url("")).rstrip("/")) as client:
+        await client.connect()
+        for _ in range(600):
+            if client.hello.model.state is ModelState.ready:
+                break
+            await asyncio.sleep(0.05)
+        app[ENGINE_KEY]._set_status(state=ModelState.downloading, progress=0.5)
+        for _ in range(200):
+            if client.hello.model.state is ModelState.downloading:
+                break
+            await asyncio.sleep(0.01)
+        assert client.hello.model.state is ModelState.downloading and client.hello.model.progress == 0.5

@@ -31,7 +31,7 @@ def test_every_kind_of_vector_exists():
     assert {"hello.json", "submit_txt2img.json", "submit_inpaint.json", "cancel.json", "attach.json"} <= set(_names("client", "*.json"))
     server_types = {json.loads((VECTORS / "server" / n).read_text())["type"] for n in _names("server", "*.json")}
     assert server_types == {"hello", "accepted", "started", "progress", "result", "done", "cancelled", "error",
-                            "status", "pong", "preview"}
+                            "status", "pong", "preview", "model"}
     assert {"upload_init.bin", "upload_mask.bin", "preview.bin", "result.bin"} <= set(_names("binary", "*.bin"))
     invalid_files = set(_names("invalid", "*")) - {"index.json"}
     assert invalid_files == set(INVALID_INDEX)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from latentbridge import images
 from latentbridge.engine import Engine
-from latentbridge.protocol import WS_PATH, ErrorCode
+from latentbridge.protocol import WS_PATH, ErrorCode, ModelState
 from latentbridge.settings import Settings
 
 from server_helpers import WsClient, png_bytes, tiny_request
@@ -45,6 +45,27 @@ async def test_capabilities_follow_the_loaded_family(make_client):
     sd1 = await (await make_client()).ws_connect(WS_PATH)
     sd1_hello = await WsClient(sd1).hello()
     assert len(sd1_hello.capabilities.samplers) >= 9 and len(sd1_hello.capabilities.seamless) == 4
+
+
+async def test_model_state_changes_are_announced(make_client, monkeypatch):
+    """A download's progress (and the end of it) reaches every greeted client as `model` events."""
+    from latentbridge.server import ws as ws_module
+
+    monkeypatch.setattr(ws_module, "MODEL_WATCH_S", 0.01)
+    engine = Engine(Settings(model="tiny"))
+    client = await make_client(engine=engine)
+    first, second = WsClient(await client.ws_connect(WS_PATH)), WsClient(await client.ws_connect(WS_PATH))
+    for ws in (first, second):
+        hello = await ws.hello()
+        while hello.model.state.value != "ready":  # the server loads its model in the background
+            hello = await ws.receive()
+            assert hello.type == "model"
+    engine._set_status(name="acme/big-model", state=ModelState.downloading, progress=0.42)
+    for ws in (first, second):
+        event = await ws.receive()
+        assert event.type == "model" and event.model.state is ModelState.downloading and event.model.progress == 0.42
+    engine._set_status(state=ModelState.ready, progress=None)
+    assert (await first.receive()).model.state is ModelState.ready
 
 
 async def test_txt2img_flow_with_previews_and_result(ws_connect):

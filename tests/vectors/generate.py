@@ -27,6 +27,7 @@ from latentbridge.protocol import (
     ErrorEvent,
     GenerationRequest,
     HelloEvent,
+    ModelEvent,
     HelloMessage,
     Limits,
     MaskOptions,
@@ -134,6 +135,8 @@ def server_vectors(preview_jpeg: bytes) -> dict[str, str]:
         "status.json": _json(StatusEvent(job_id=JOB_ID, state=JobState.running, position=None, step=2, total=4,
                                          result_count=0, request=request, created_at=1700000000.0)),
         "pong.json": _json(PongEvent()),
+        "model_downloading.json": _json(ModelEvent(model=ModelStatus(
+            name="stabilityai/stable-diffusion-xl-base-1.0", state=ModelState.downloading, progress=0.42))),
         "preview_sse.json": _json(PreviewEvent(job_id=JOB_ID, step=2, total=4, width=32, height=32,
                                                data=base64.b64encode(preview_jpeg).decode("ascii"))),
     }

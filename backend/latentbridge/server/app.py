@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 SETTINGS_KEY = web.AppKey("latentbridge_settings", Settings)
 ENGINE_KEY = web.AppKey("latentbridge_engine", Any)
 JOBS_KEY = web.AppKey("latentbridge_jobs", JobManager)
-WEBSOCKETS_KEY = web.AppKey("latentbridge_websockets", weakref.WeakSet)
+WEBSOCKETS_KEY = web.AppKey("latentbridge_websockets", weakref.WeakSet)  # live ws.Connection objects
 
 SERVER_NAME = f"latentbridge/{__version__}"
 
@@ -57,8 +57,8 @@ async def _start_jobs(app: web.Application) -> None:
 
 async def _close_websockets(app: web.Application) -> None:
     # Graceful shutdown: tell every client we are going away; their jobs' results stay on disk.
-    for ws in list(app[WEBSOCKETS_KEY]):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+    for conn in list(app[WEBSOCKETS_KEY]):
+        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
 
 async def _stop_jobs(app: web.Application) -> None:

@@ -31,6 +31,7 @@ from ..protocol import (
     HelloMessage,
     LatentBridgeError,
     MissingImage,
+    ModelEvent,
     PingMessage,
     PongEvent,
     ResultEvent,
@@ -47,6 +48,8 @@ from .submit import submit_job
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 20.0
+MODEL_WATCH_S = 0.25  # how often the model's status is checked for changes to announce
+MODEL_WATCH_KEY = web.AppKey("latentbridge_model_watch", asyncio.Task)
 MAX_PENDING_UPLOADS = 16
 
 
@@ -57,6 +60,7 @@ class Connection:
         self.id = uuid.uuid4().hex[:12]
         self.owner = f"ws:{self.id}"
         self.authenticated = authenticated
+        self.greeted = False  # hello answered: model events may follow
         self.uploads: dict[str, bytes] = {}
         self.forwarders: dict[str, asyncio.Task] = {}
         self._send_lock = asyncio.Lock()
@@ -102,6 +106,7 @@ class Connection:
             self.authenticated = True
         await self.send_event(HelloEvent(server=SERVER_NAME, capabilities=capabilities(self.app),
                                          model=self.app[ENGINE_KEY].status))
+        self.greeted = True
 
     async def on_binary(self, frame: bytes) -> None:
         if not self.authenticated:
@@ -204,7 +209,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     # The security middleware already checked a header token; without one, `hello` must carry it.
     conn = Connection(app, ws, authenticated=not settings.token or bearer(request) is not None)
-    app[WEBSOCKETS_KEY].add(ws)
+    app[WEBSOCKETS_KEY].add(conn)
     try:
         async for msg in ws:
             try:
@@ -224,9 +229,47 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 await conn.send_event(ErrorEvent(code=ErrorCode.internal, message="internal server error; see the server log"))
     finally:
         await conn.close()
-        app[WEBSOCKETS_KEY].discard(ws)
+        app[WEBSOCKETS_KEY].discard(conn)
     return ws
+
+
+def _model_key(status: Any) -> tuple:
+    """What makes a model status worth announcing (progress in whole percent)."""
+    percent = None if status.progress is None else int(status.progress * 100)
+    return status.name, status.state, percent, status.error
+
+
+async def announce_model_changes(app: web.Application) -> None:
+    """Watch the engine's status (changed on the worker thread) and send a `model` event to every
+    greeted client when it changes: cheap polling, no callbacks from the GPU thread."""
+    engine = app[ENGINE_KEY]
+    last = _model_key(engine.status)
+    while True:
+        await asyncio.sleep(MODEL_WATCH_S)
+        status = engine.status
+        key = _model_key(status)
+        if key == last:
+            continue
+        last = key
+        for conn in [c for c in app[WEBSOCKETS_KEY] if c.greeted and not c.ws.closed]:
+            try:
+                await conn.send_event(ModelEvent(model=status))
+            except (ConnectionResetError, RuntimeError):
+                continue  # that client is going away; the others still hear
+
+
+async def _start_model_watch(app: web.Application) -> None:
+    app[MODEL_WATCH_KEY] = asyncio.create_task(announce_model_changes(app), name="model-watch")
+
+
+async def _stop_model_watch(app: web.Application) -> None:
+    task = app.get(MODEL_WATCH_KEY)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def add_ws_route(app: web.Application) -> None:
     app.router.add_get(WS_PATH, websocket_handler)
+    app.on_startup.append(_start_model_watch)
+    app.on_shutdown.append(_stop_model_watch)
