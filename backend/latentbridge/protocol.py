@@ -26,6 +26,8 @@ MAX_SIDE = 4096
 MAX_STEPS = 150
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
+# Models built in code with random weights (engine/tiny.py): safe for any client to name.
+BUILTIN_MODELS = ("tiny", "tiny-inpaint", "tiny-sdxl", "random-mid", "tiny-sd3", "tiny-flux")
 
 
 class Mode(str, Enum):

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-PRESETS = ("tiny", "tiny-inpaint", "tiny-sdxl", "random-mid", "tiny-sd3", "tiny-flux")
+from ..protocol import BUILTIN_MODELS
+
+PRESETS = BUILTIN_MODELS
 _SEED = 20240607
 _TEXT_POSITIONS = 77  # CLIP's context length; prompts are padded/truncated to it
 

@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from ..protocol import WS_PATH, ErrorCode, LatentBridgeError, UnknownModel
+from ..protocol import BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError, UnknownModel
 from ..settings import Settings
 from .errors import error_response
 
@@ -33,7 +33,6 @@ CLIENT_HEADER = "X-LatentBridge-Client"
 SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
-BUILTIN_MODELS = {"tiny"}
 
 
 class StartupRefused(Exception):
@@ -155,7 +154,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def resolve_model_name(name: str, settings: Settings, loaded: str | None = None) -> str:
     """A model name from a remote client → what the engine may load.
 
-    The configured or loaded model and the built-in `tiny` pass as they are; anything else must
+    The configured or loaded model and the built-in random models pass as they are; anything else must
     be a file or folder inside one of `settings.model_dirs` (no absolute paths, no `..`, no
     symlink escaping the folder, no hub ids: a remote client must not make the server fetch or
     read arbitrary things).
