@@ -24,11 +24,12 @@ from ..protocol import (
     ModelState,
     ModelStatus,
     OutOfMemory,
+    Sampler,
     Seamless,
     Unsupported,
 )
 from ..settings import Settings
-from . import models
+from . import models, samplers
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
 from .preview import LatentPreviewer
@@ -67,6 +68,16 @@ class Engine:
     @property
     def capabilities_families(self) -> list[str]:
         return list(models.FAMILIES)
+
+    def usable_samplers(self) -> list[Sampler]:
+        """Samplers the loaded model can use (all this installation has while none is loaded)."""
+        family = self.status.family
+        return samplers.family_samplers(family) if family else samplers.available_samplers()
+
+    def usable_seamless(self) -> list[Seamless]:
+        """Seamless axes the loaded model can tile (none for transformer models: SD3, Flux)."""
+        family = self.status.family
+        return list(Seamless) if not family or family in models.SEAMLESS_FAMILIES else [Seamless.none]
 
     @property
     def model(self) -> models.LoadedModel | None:

@@ -30,17 +30,8 @@ def capabilities(app: web.Application) -> Capabilities:
     """What this server can do now; samplers and seamless follow the loaded model's family
     (SD3/Flux sample with flow-matching Euler only and cannot tile)."""
     settings, engine = app[SETTINGS_KEY], app[ENGINE_KEY]
-    family = engine.status.family
-    seamless = list(Seamless)
-    try:
-        from ..engine.models import SEAMLESS_FAMILIES
-        from ..engine.samplers import available_samplers, family_samplers
-
-        samplers = family_samplers(family) if family else available_samplers()
-        if family and family not in SEAMLESS_FAMILIES:
-            seamless = [Seamless.none]
-    except ImportError:  # the engine package is optional for a server given another engine
-        samplers = list(Sampler)
+    samplers = engine.usable_samplers() if hasattr(engine, "usable_samplers") else list(Sampler)
+    seamless = engine.usable_seamless() if hasattr(engine, "usable_seamless") else list(Seamless)
     decoders = ["latent2rgb", "vae", "none"] + (["taesd"] if settings.taesd else [])
     return Capabilities(
         modes=list(Mode), samplers=samplers, families=list(engine.capabilities_families), seamless=seamless,
