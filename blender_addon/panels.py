@@ -128,24 +128,30 @@ class LATENTBRIDGE_PT_view3d(_Sidebar, bpy.types.Panel):
         _draw_generate(self.layout, context)
 
 
-class LATENTBRIDGE_PT_view3d_advanced(_Sidebar, bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
+class _SamplingPanel(_Sidebar):
     bl_label = "Sampling"
-    bl_parent_id = "LATENTBRIDGE_PT_view3d"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):  # noqa: D102
         _draw_advanced(self.layout, context)
 
 
-class LATENTBRIDGE_PT_view3d_connection(_Sidebar, bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
+class _ServerPanel(_Sidebar):
     bl_label = "Server"
-    bl_parent_id = "LATENTBRIDGE_PT_view3d"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):  # noqa: D102
         _draw_connection(self.layout, context)
+
+
+class LATENTBRIDGE_PT_view3d_advanced(_SamplingPanel, bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_parent_id = "LATENTBRIDGE_PT_view3d"
+
+
+class LATENTBRIDGE_PT_view3d_connection(_ServerPanel, bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_parent_id = "LATENTBRIDGE_PT_view3d"
 
 
 class LATENTBRIDGE_PT_image(_Sidebar, bpy.types.Panel):
@@ -161,24 +167,14 @@ class LATENTBRIDGE_PT_image(_Sidebar, bpy.types.Panel):
             box.operator("latentbridge.regenerate", icon="FILE_REFRESH").image = image.name
 
 
-class LATENTBRIDGE_PT_image_advanced(_Sidebar, bpy.types.Panel):
+class LATENTBRIDGE_PT_image_advanced(_SamplingPanel, bpy.types.Panel):
     bl_space_type = "IMAGE_EDITOR"
-    bl_label = "Sampling"
     bl_parent_id = "LATENTBRIDGE_PT_image"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context):  # noqa: D102
-        _draw_advanced(self.layout, context)
 
 
-class LATENTBRIDGE_PT_image_connection(_Sidebar, bpy.types.Panel):
+class LATENTBRIDGE_PT_image_connection(_ServerPanel, bpy.types.Panel):
     bl_space_type = "IMAGE_EDITOR"
-    bl_label = "Server"
     bl_parent_id = "LATENTBRIDGE_PT_image"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context):  # noqa: D102
-        _draw_connection(self.layout, context)
 
 
 classes = (

@@ -35,8 +35,11 @@ def test_enabled_and_registered(addon):
     assert hasattr(bpy.types.Scene, "latentbridge")
     for op in ("generate", "generate_texture", "cancel", "regenerate", "reuse_seed", "random_seed", "connect"):
         assert hasattr(bpy.ops.latentbridge, op) and getattr(bpy.ops.latentbridge, op).get_rna_type()
-    for panel in ("LATENTBRIDGE_PT_view3d", "LATENTBRIDGE_PT_image"):
+    for panel, space in (("LATENTBRIDGE_PT_view3d", "VIEW_3D"), ("LATENTBRIDGE_PT_image", "IMAGE_EDITOR")):
         assert getattr(bpy.types, panel).bl_region_type == "UI"
+        for sub, label in (("advanced", "Sampling"), ("connection", "Server")):
+            child = getattr(bpy.types, f"{panel}_{sub}")
+            assert (child.bl_space_type, child.bl_parent_id, child.bl_label) == (space, panel, label)
     prefs = bpy.context.preferences.addons[lb_blender.ADDON_MODULE].preferences
     assert prefs.server_url.startswith("http://127.0.0.1:")
 
