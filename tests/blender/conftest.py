@@ -15,7 +15,7 @@ lb_blender.import_bpy_or_fail()
 
 @pytest.fixture(scope="session")
 def addon():
-    pytest.importorskip("bpy")
+    lb_blender.bpy_or_skip()
     return lb_blender.install_addon()
 
 

@@ -31,6 +31,15 @@ def import_bpy_or_fail() -> None:
         raise RuntimeError("LATENTBRIDGE_REQUIRE_BPY=1 but `bpy` is not installed (pip install bpy==5.0.1)")
 
 
+def bpy_or_skip() -> types.ModuleType:
+    """`bpy`; without it a developer's run skips Blender tests, but CI (LATENTBRIDGE_REQUIRE_BPY=1,
+    set by .ci/run) fails instead of skipping."""
+    import pytest
+
+    import_bpy_or_fail()
+    return pytest.importorskip("bpy")
+
+
 def source_package(name: str = "lbsrc") -> types.ModuleType:
     """The add-on's bpy-free modules (wire, connection, png, backend_process) imported straight
     from the source tree, without running its bpy-importing __init__."""

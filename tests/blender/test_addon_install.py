@@ -7,9 +7,10 @@ import zipfile
 
 import pytest
 
-pytest.importorskip("bpy")
-
 import lb_blender  # noqa: E402
+
+lb_blender.bpy_or_skip()
+
 
 
 def test_zip_has_manifest_wheel_and_network_permission(addon):

@@ -10,10 +10,11 @@ import statistics
 import numpy as np
 import pytest
 
-pytest.importorskip("bpy")
+import lb_blender  # noqa: E402
+
+lb_blender.bpy_or_skip()
 from PIL import Image as PIL  # noqa: E402
 
-import lb_blender  # noqa: E402
 
 
 def _jpeg(width: int, height: int, seed: int = 0) -> tuple[bytes, np.ndarray]:

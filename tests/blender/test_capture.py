@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("bpy")
+import lb_blender  # noqa: E402
+
+lb_blender.bpy_or_skip()
 
 
 def _decode(addon, data: bytes) -> np.ndarray:

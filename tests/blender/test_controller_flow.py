@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("bpy")
+import lb_blender  # noqa: E402
+
+lb_blender.bpy_or_skip()
 from PIL import Image as PIL  # noqa: E402
 
-import lb_blender  # noqa: E402
 
 
 def _png(color, size=(64, 64)) -> bytes:

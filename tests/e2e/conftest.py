@@ -79,7 +79,7 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def addon():
-    pytest.importorskip("bpy")
+    lb_blender.bpy_or_skip()
     return lb_blender.install_addon()
 
 

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-pytest.importorskip("bpy")
+import lb_blender  # noqa: E402 (on the path via conftest)
+
+lb_blender.bpy_or_skip()
 
 from conftest import pump  # noqa: E402
 
