@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -230,14 +230,22 @@ def error_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequ
     return InvalidRequest(f"{field or 'request'}: {first.get('msg', 'invalid value')}", field=field or None)
 
 
-def parse_request(data: Any) -> GenerationRequest:
-    """Validate a JSON-like object into a GenerationRequest or raise InvalidRequest."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_object(model: type[ModelT], data: Any, what: str = "request", field: str = "request") -> ModelT:
+    """Validate a JSON-like object into `model`, or raise InvalidRequest naming the field."""
     if not isinstance(data, dict):
-        raise InvalidRequest("request must be a JSON object", field="request")
+        raise InvalidRequest(f"{what} must be a JSON object", field=field)
     try:
-        return GenerationRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise error_from_validation(exc) from None
+
+
+def parse_request(data: Any) -> GenerationRequest:
+    """Validate a JSON-like object into a GenerationRequest or raise InvalidRequest."""
+    return parse_object(GenerationRequest, data)
 
 
 # --------------------------------------------------------------------------------------------

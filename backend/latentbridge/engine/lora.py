@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..protocol import ErrorCode, LatentBridgeError, LoraSpec
 from ..settings import Settings
-from .models import PICKLE_WEIGHTS, SAFE_WEIGHTS, check_weights_file
+from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS, inside
+from .models import check_weights_file
 
 
 def resolve_lora(name: str, settings: Settings, *, local: bool) -> Path:
@@ -21,12 +22,10 @@ def resolve_lora(name: str, settings: Settings, *, local: bool) -> Path:
     for base in settings.lora_dirs:
         base = Path(base).resolve()
         for candidate in (base / name, base / (name + ".safetensors")):
-            try:
-                candidate.resolve().relative_to(base)
-            except ValueError:
+            if not inside(candidate, base):
                 if local:  # a local caller's own path: looked up as given below
                     continue
-                raise LatentBridgeError(f"LoRA {name!r} is outside the LoRA folders", field="loras", code=ErrorCode.invalid_request) from None
+                raise LatentBridgeError(f"LoRA {name!r} is outside the LoRA folders", field="loras", code=ErrorCode.invalid_request)
             if candidate.is_file():
                 return candidate
     if local:

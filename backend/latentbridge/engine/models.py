@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
+from .. import model_dirs
+from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
 from ..protocol import ErrorCode, LatentBridgeError, Mode, UnknownModel, Unsupported
 from ..settings import Settings
 from . import download, tiny
 
 log = logging.getLogger(__name__)
 
-SAFE_WEIGHTS = (".safetensors",)
-PICKLE_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin")
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 # Which modes each family can run: diffusers has text-to-image, img2img and inpainting pipelines
@@ -109,10 +109,10 @@ def resolve_source(name: str, settings: Settings, *, local: bool = True) -> Mode
     if tiny.is_builtin(name):
         return ModelSource("builtin", name)
     if not local and name != settings.model:
-        return _resolve_in_model_dirs(name, settings)
+        return _source_for_path(model_dirs.find(name, settings))
     for base in settings.model_dirs:
         candidate = Path(base) / name
-        if _inside(candidate, Path(base)) and candidate.exists():
+        if model_dirs.inside(candidate, Path(base)) and candidate.exists():
             return _source_for_path(candidate)
     path = Path(os.path.expanduser(name))
     if path.exists():
@@ -122,27 +122,6 @@ def resolve_source(name: str, settings: Settings, *, local: bool = True) -> Mode
     if _looks_like_hub_id(name):
         return ModelSource("hub", name)
     raise UnknownModel(f"unknown model {name!r}: {_HINT}", field="model")
-
-
-def _inside(path: Path, base: Path) -> bool:
-    try:
-        path.resolve().relative_to(base.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _resolve_in_model_dirs(name: str, settings: Settings) -> ModelSource:
-    if Path(name).is_absolute():
-        raise UnknownModel(f"model {name!r}: remote clients name models relative to the model folders, not by path", field="model")
-    for base in settings.model_dirs:
-        candidate = Path(base) / name
-        if not _inside(candidate, Path(base)):
-            raise UnknownModel(f"model {name!r} is outside the configured model folders", field="model")
-        if candidate.exists():
-            return _source_for_path(candidate)
-    listed = ", ".join(str(d) for d in settings.model_dirs) or "none configured (--model-dirs)"
-    raise UnknownModel(f"unknown model {name!r}: remote clients may use 'tiny', the loaded model, or a model inside the model folders ({listed})", field="model")
 
 
 def _source_for_path(path: Path) -> ModelSource:
@@ -155,17 +134,7 @@ def _source_for_path(path: Path) -> ModelSource:
 
 def list_local_models(settings: Settings) -> list[str]:
     """Model names a client may pick: built-ins plus what the model folders hold."""
-    names = list(tiny.PRESETS)
-    for base in settings.model_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for entry in sorted(base.iterdir()):
-            if (entry.is_dir() and (entry / "model_index.json").exists()) or entry.suffix.lower() in SAFE_WEIGHTS:
-                names.append(entry.name)
-            elif entry.suffix.lower() in PICKLE_WEIGHTS and settings.allow_pickle:
-                names.append(entry.name)
-    return names
+    return list(tiny.PRESETS) + [entry.name for entry in model_dirs.entries(settings)]
 
 
 def check_weights_file(path: Path, allow_pickle: bool, what: str = "weights") -> None:

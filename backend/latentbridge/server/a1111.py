@@ -50,6 +50,7 @@ from ..protocol import (
     StatusEvent,
     Unsupported,
     error_from_validation,
+    parse_object,
 )
 
 PREFIX = "/sdapi/v1"
@@ -197,12 +198,7 @@ def _a1111_field(exc: LatentBridgeError) -> LatentBridgeError:
 
 
 def parse_payload(model: type[Txt2ImgPayload], data: Any) -> Txt2ImgPayload:
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", field="body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise error_from_validation(exc) from None
+    return parse_object(model, data, what="request body", field="body")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from ..protocol import BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError, UnknownModel
+from .. import model_dirs
+from ..protocol import BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError
 from ..settings import Settings
 from .errors import error_response
 
@@ -144,33 +145,13 @@ def security_middleware(settings: Settings) -> Callable:
 # Names a remote client may use
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except OSError:
-        return False
-
-
 def resolve_model_name(name: str, settings: Settings, loaded: str | None = None) -> str:
-    """A model name from a remote client → what the engine may load.
-
-    The configured or loaded model and the built-in random models pass as they are; anything else must
-    be a file or folder inside one of `settings.model_dirs` (no absolute paths, no `..`, no
-    symlink escaping the folder, no hub ids: a remote client must not make the server fetch or
-    read arbitrary things).
-    """
+    """A model name from a remote client → what the engine may load: the configured or loaded
+    model and the built-in random models as they are, anything else only inside the model folders
+    (`model_dirs.find`: a remote client must not make the server fetch or read arbitrary things)."""
     if name in BUILTIN_MODELS or name == settings.model or (loaded is not None and name == loaded):
         return name
-    candidate = Path(name)
-    if candidate.is_absolute() or ".." in candidate.parts or "\\" in name or not name.strip():
-        raise UnknownModel(f"model {name!r} is not allowed: name a model inside the server's model folders",
-                           field="model")
-    for folder in settings.model_dirs:
-        path = folder / candidate
-        if _inside(path, folder) and path.exists():
-            return str(path.resolve())
-    raise UnknownModel(f"no model {name!r} in the server's model folders; GET /api/v1/models lists them",
-                       field="model")
+    return str(model_dirs.find(name, settings).resolve())
 
 
 def check_lora_names(names: list[str]) -> None:
@@ -183,13 +164,4 @@ def check_lora_names(names: list[str]) -> None:
 
 def list_models(settings: Settings) -> list[dict[str, str]]:
     """Models a client may pick: diffusers folders and .safetensors files inside model_dirs."""
-    out: list[dict[str, str]] = []
-    for folder in settings.model_dirs:
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):
-            if entry.is_dir() and (entry / "model_index.json").exists():
-                out.append({"name": entry.name, "kind": "diffusers", "path": str(entry)})
-            elif entry.is_file() and entry.suffix == ".safetensors":
-                out.append({"name": entry.name, "kind": "single_file", "path": str(entry)})
-    return out
+    return [{"name": e.name, "kind": e.kind, "path": str(e.path)} for e in model_dirs.entries(settings) if e.kind != "pickle"]
