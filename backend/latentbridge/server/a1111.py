@@ -784,7 +784,8 @@ def _model_item(name: str, filename: str) -> dict[str, Any]:
 
 
 async def sd_models(request: web.Request) -> web.Response:
-    return web.json_response([_model_item(name, filename) for name, filename in _list_models(request.app)])
+    listed = await asyncio.to_thread(_list_models, request.app)  # scans the model folders
+    return web.json_response([_model_item(name, filename) for name, filename in listed])
 
 
 # Options A1111 clients commonly read; all round-trip, the model one also loads the model.

@@ -182,9 +182,8 @@ class Connection:
                     continue
                 await self.send_event(item)
                 if isinstance(item, ResultEvent):
-                    png = jobs.result_png(job_id, item.index)
-                    if png is None:
-                        png = await asyncio.to_thread(jobs.store.result_png, job_id, item.index)
+                    # In memory for a recent job, else read from disk: off the event loop either way.
+                    png = await asyncio.to_thread(jobs.result_png, job_id, item.index)
                     if png is None:
                         await self.send_error(LatentBridgeError(f"result {item.index} is missing",
                                                                 code=ErrorCode.internal), job_id)
