@@ -4,11 +4,9 @@ results with their request surviving save/reopen, texture wiring."""
 from __future__ import annotations
 
 import io
-import json
 import statistics
 
 import numpy as np
-import pytest
 
 import lb_blender  # noqa: E402
 

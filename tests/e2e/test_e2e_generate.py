@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()

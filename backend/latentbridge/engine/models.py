@@ -251,7 +251,6 @@ def _load_single_file(path: Path, settings: Settings, dtype: torch.dtype):
     # No local config: diffusers infers the family from the weights and uses its config from the
     # hub cache (present once any model of that family was downloaded); never the network here.
     try:
-        from diffusers.loaders.single_file_utils import fetch_original_config  # noqa: F401 (exists check)
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
         checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)

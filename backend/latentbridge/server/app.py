@@ -10,7 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from .. import __version__
 from ..jobs import JobManager
-from ..protocol import PROTOCOL_VERSION, Capabilities, Limits, Mode, Sampler, Seamless
+from ..protocol import PROTOCOL_VERSION, Capabilities, Limits, Mode
 from ..settings import Settings
 from ..store import ResultStore
 from .errors import error_middleware
@@ -30,8 +30,7 @@ def capabilities(app: web.Application) -> Capabilities:
     """What this server can do now; samplers and seamless follow the loaded model's family
     (SD3/Flux sample with flow-matching Euler only and cannot tile)."""
     settings, engine = app[SETTINGS_KEY], app[ENGINE_KEY]
-    samplers = engine.usable_samplers() if hasattr(engine, "usable_samplers") else list(Sampler)
-    seamless = engine.usable_seamless() if hasattr(engine, "usable_seamless") else list(Seamless)
+    samplers, seamless = engine.usable_samplers(), engine.usable_seamless()
     decoders = ["latent2rgb", "vae", "none"] + (["taesd"] if settings.taesd else [])
     return Capabilities(
         modes=list(Mode), samplers=samplers, families=list(engine.capabilities_families), seamless=seamless,
