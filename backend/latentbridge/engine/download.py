@@ -91,11 +91,14 @@ def fetch(repo_id: str, allow_pickle: bool, on_progress: ProgressCallback) -> st
     folder = cache_folder(repo_id)
     finished = threading.Event()
 
+    def report() -> None:  # 0.99 at most: 1.0 ("fetched") is for the loader to say once download() returns
+        on_progress(min(0.99, folder_bytes(folder) / total) if total else None)
+
     def watch() -> None:
         while not finished.wait(POLL_S):
-            on_progress(min(0.99, folder_bytes(folder) / total) if total else None)
+            report()
 
-    on_progress(min(0.99, folder_bytes(folder) / total) if total and folder.exists() else (0.0 if total else None))
+    report()
     watcher = threading.Thread(target=watch, name="latentbridge-download", daemon=True)
     watcher.start()
     try:
