@@ -1,17 +1,24 @@
 """The model folders (`--model-dirs`): what they hold, and the one rule for names from a remote
 client. Torch-free, so the server checks a name at submit time with the same rule the engine
-applies when it loads."""
+applies when it loads.
+
+A model's name is its path relative to the model folder that holds it, with `/` separators:
+`dreamshaper-8` (a diffusers folder), `model.safetensors`, `sdxl/juggernaut.safetensors`. The
+listing and the loader use the same names, so anything `GET /api/v1/models` lists loads by name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from .protocol import UnknownModel
+from .protocol import InvalidRequest, UnknownModel
 from .settings import Settings
 
 SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin")
+NAME_MAX = 255  # bytes in one path component on every common file system
+MAX_DEPTH = 4  # sub-folder levels searched below a model folder
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,28 @@ def inside(path: Path, base: Path) -> bool:
     return True
 
 
+def check_file_name(name: str, field: str) -> None:
+    """Refuse a name that no file system could hold (a component over 255 bytes), before it reaches
+    one and fails there with an OS error."""
+    for part in name.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise InvalidRequest(f"{field}: a name part is longer than {NAME_MAX} bytes ({part[:40]}…)", field=field)
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    """A diffusers model folder: model_index.json and at least one component with weights (a folder
+    holding only configs is the config of a single-file checkpoint, not a model)."""
+    if not (path / "model_index.json").is_file():
+        return False
+    suffixes = SAFE_WEIGHTS + PICKLE_WEIGHTS
+    return any(f.suffix.lower() in suffixes for component in path.iterdir() if component.is_dir()
+               for f in component.iterdir() if f.is_file())
+
+
 def find(name: str, settings: Settings) -> Path:
     """A remote client's model name → its folder or file inside one of the model folders. No
     absolute paths, nothing that resolves outside a folder (`..`, symlinks), no hub ids."""
+    check_file_name(name, "model")
     if not name.strip() or Path(name).is_absolute() or "\\" in name:
         raise UnknownModel(f"model {name!r}: remote clients name models relative to the model folders, not by path",
                            field="model")
@@ -47,20 +73,40 @@ def find(name: str, settings: Settings) -> Path:
                        f"model inside the model folders ({listed}); GET /api/v1/models lists them", field="model")
 
 
+def canonical_name(name: str) -> str:
+    """`sub//x.safetensors`, `./x` → `sub/x.safetensors`, `x`: one spelling per model."""
+    return PurePosixPath(name.strip()).as_posix()
+
+
 def entries(settings: Settings) -> list[ModelEntry]:
-    """The models the folders hold: diffusers folders, .safetensors files, and pickle files when
-    the user allowed them."""
+    """The models the folders hold, sub-folders included: diffusers folders, .safetensors files, and
+    pickle files when the user allowed them. Names are relative to their model folder."""
     found = []
     for base in settings.model_dirs:
         base = Path(base)
-        if not base.is_dir():
+        if base.is_dir():
+            found += _scan(base, base, 0, settings.allow_pickle)
+    return found
+
+
+def _scan(base: Path, folder: Path, depth: int, allow_pickle: bool) -> list[ModelEntry]:
+    found = []
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return found
+    for entry in children:
+        if entry.name.startswith(".") or not inside(entry, base):
             continue
-        for entry in sorted(base.iterdir()):
-            suffix = entry.suffix.lower()
-            if entry.is_dir() and (entry / "model_index.json").exists():
-                found.append(ModelEntry(entry.name, "diffusers", entry))
-            elif entry.is_file() and suffix in SAFE_WEIGHTS:
-                found.append(ModelEntry(entry.name, "single_file", entry))
-            elif entry.is_file() and suffix in PICKLE_WEIGHTS and settings.allow_pickle:
-                found.append(ModelEntry(entry.name, "pickle", entry))
+        name = entry.relative_to(base).as_posix()
+        suffix = entry.suffix.lower()
+        if entry.is_dir():
+            if _is_diffusers_folder(entry):
+                found.append(ModelEntry(name, "diffusers", entry))
+            elif depth + 1 < MAX_DEPTH and not (entry / "model_index.json").exists():
+                found += _scan(base, entry, depth + 1, allow_pickle)
+        elif entry.is_file() and suffix in SAFE_WEIGHTS:
+            found.append(ModelEntry(name, "single_file", entry))
+        elif entry.is_file() and suffix in PICKLE_WEIGHTS and allow_pickle:
+            found.append(ModelEntry(name, "pickle", entry))
     return found

@@ -97,7 +97,7 @@ def test_lora_cancelled_mid_request_is_still_removed(lora_engine, base_image):
         ("missing", ErrorCode.invalid_request, "not found"),
         ("../loras-elsewhere/x.safetensors", ErrorCode.invalid_request, "outside"),
         ("old.ckpt", ErrorCode.unsupported, "--allow-pickle"),
-        ("corrupt", ErrorCode.invalid_request, "could not be applied"),
+        ("corrupt", ErrorCode.invalid_request, "is corrupt or truncated"),
         ("for-sdxl", ErrorCode.invalid_request, "could not be applied"),
     ],
 )

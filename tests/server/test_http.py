@@ -145,6 +145,10 @@ async def test_models_health_openapi(make_client, tmp_path):
     models = tmp_path / "models"
     (models / "mine").mkdir(parents=True)
     (models / "mine" / "model_index.json").write_text("{}")
+    (models / "mine" / "unet").mkdir()
+    (models / "mine" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (models / "configs-only").mkdir()  # a single file's config folder is not a model of its own
+    (models / "configs-only" / "model_index.json").write_text("{}")
     (models / "single.safetensors").write_bytes(b"")
     client = await make_client(model_dirs=[models])
     body = await (await client.get("/api/v1/models")).json()

@@ -89,35 +89,57 @@ class Engine:
     # ---------------------------------------------------------------- loading
 
     def load(self, model: str | None = None) -> ModelStatus:
-        """Load `model` (default: the configured one), replacing the current model. Blocking."""
+        """Load `model` (default: the configured one) in place of the current model. Blocking.
+
+        The current model keeps serving if the new one cannot be had: its weights are read into
+        CPU memory first, and only then is the current model parked in CPU memory (freeing the
+        accelerator for the new one) and dropped once the new one is in place. A failure restores
+        the current model and its status and raises the typed error for the caller alone; with no
+        model to fall back on, the status says `failed` with the reason."""
         name = model or self.settings.model
-        if self._model is not None and self._model.name == name:
-            return self.status
-        self._set_status(name=name, family=None, state=ModelState.loading, error=None)
-        previous, self._model = self._model, None
-        del previous
-        _free_memory()
+        before = self.status
+        current = self._model
+        parked: list[bool] = []
         try:
-            loaded = models.load(name, self.settings, local=self.local, on_download=self._on_download)
-        except LatentBridgeError as exc:
-            self._set_status(state=ModelState.failed, error=exc.message, progress=None)
-            raise
-        except Exception as exc:  # an unexpected loader failure must still leave a clear status
-            log.exception("loading %s failed", name)
-            self._set_status(state=ModelState.failed, error=f"{type(exc).__name__}: {exc}", progress=None)
-            raise LatentBridgeError(f"could not load {name}: {type(exc).__name__}: {exc}", field="model", code=ErrorCode.model_load_failed) from None
+            source = models.resolve_source(name, self.settings, local=self.local)
+            if current is not None and current.source == source:
+                return before  # the same model under another name (e.g. its listed name)
+            self._set_status(name=name, family=None, state=ModelState.loading, error=None, progress=None)
+            loaded = models.load(name, self.settings, local=self.local, on_download=self._on_download, source=source,
+                                 make_room=lambda _device: parked.append(current is not None and models.park(current)))
+        except Exception as exc:
+            error = exc if isinstance(exc, LatentBridgeError) else self._unexpected_load_failure(name, exc)
+            if current is not None:
+                if parked and parked[0]:
+                    models.place(current.base, current.device, self.settings)  # back where it served from
+                with self._lock:
+                    self._status = before  # the previous model serves on; the failure is the caller's alone
+                log.warning("could not load %s (still serving %s): %s", name, current.name, error.message)
+            else:
+                self._set_status(state=ModelState.failed, error=error.message, progress=None)
+            raise error from None
         self._model = loaded
+        del current
+        _free_memory()
         self._set_status(
             name=name,
             family=loaded.family,
             state=ModelState.ready,
             error=None,
+            progress=None,
             inpaint_native=loaded.inpaint_native,
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
         )
         log.info("model %s ready (%s, %s, %s)", name, loaded.family, loaded.device, loaded.dtype)
         return self.status
+
+    @staticmethod
+    def _unexpected_load_failure(name: str, exc: Exception) -> LatentBridgeError:
+        # An unexpected loader failure must still give a clear, typed error and status.
+        log.error("loading %s failed", name, exc_info=exc)
+        return LatentBridgeError(f"could not load {name}: {type(exc).__name__}: {exc}", field="model",
+                                 code=ErrorCode.model_load_failed)
 
     def _on_download(self, fraction: float | None) -> None:
         if fraction is not None and fraction >= 1.0:

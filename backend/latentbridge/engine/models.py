@@ -137,10 +137,26 @@ def list_local_models(settings: Settings) -> list[str]:
     return list(tiny.PRESETS) + [entry.name for entry in model_dirs.entries(settings)]
 
 
+def check_safetensors(path: Path, field: str = "model", label: str | None = None) -> None:
+    """Read a .safetensors header (cheap: no tensor data), so a truncated or corrupt file is
+    reported as such before diffusers fails on it with a message about something else."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LatentBridgeError(f"{label or path.name} is corrupt or truncated: not a valid .safetensors file ({_first_line(exc)}); "
+                                "download or convert it again", field=field,
+                                code=ErrorCode.model_load_failed if field == "model" else ErrorCode.invalid_request) from None
+
+
 def check_weights_file(path: Path, allow_pickle: bool, what: str = "weights") -> None:
-    """Refuse pickle files (they can run arbitrary code when loaded) unless the user opted in."""
+    """Refuse pickle files (they can run arbitrary code when loaded) unless the user opted in, and
+    corrupt safetensors files."""
     suffix = path.suffix.lower()
     if suffix in SAFE_WEIGHTS:
+        check_safetensors(path, "model" if what == "weights" else "loras")
         return
     if suffix in PICKLE_WEIGHTS:
         if allow_pickle:
@@ -180,9 +196,13 @@ def _hub_offline(settings: Settings) -> bool:
 
 def check_folder_weights(folder: Path, allow_pickle: bool) -> None:
     """Refuse a diffusers folder with a component stored only as pickle weights (.bin/.ckpt/.pt),
-    unless the user opted in: checked before loading, so the error can say what to do."""
+    unless the user opted in, or with a corrupt .safetensors file: checked before loading, so the
+    error can say what is wrong and what to do."""
     for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        suffixes = {f.suffix.lower() for f in component.iterdir() if f.is_file()}
+        files = [f for f in component.iterdir() if f.is_file()]
+        suffixes = {f.suffix.lower() for f in files}
+        for weights in (f for f in files if f.suffix.lower() in SAFE_WEIGHTS):
+            check_safetensors(weights, label=f"{folder.name}/{component.name}/{weights.name}")
         if suffixes & set(PICKLE_WEIGHTS) and not suffixes & set(SAFE_WEIGHTS):
             if allow_pickle:
                 log.warning("loading pickle weights of %s/%s (allow_pickle is on)", folder.name, component.name)
@@ -409,18 +429,32 @@ def model_dtype(source: ModelSource, device: torch.device, requested: str | None
     return dtype
 
 
-def load(name: str, settings: Settings, *, local: bool = True, on_download=None) -> LoadedModel:
+def load(name: str, settings: Settings, *, local: bool = True, on_download=None, source: ModelSource | None = None,
+         make_room=None) -> LoadedModel:
     """Resolve, load and place a model. `on_download(fraction or None)` reports a hub download,
-    then `on_download(1.0)` once the weights are local."""
-    source = resolve_source(name, settings, local=local)
+    then `on_download(1.0)` once the weights are local. The weights are read into CPU memory first;
+    `make_room(device)`, when given, is called just before they move to the device (the engine
+    parks the model it is replacing there, so a switch needs device memory for one model only)."""
+    source = source or resolve_source(name, settings, local=local)
     device = pick_device(settings.device)
     dtype = model_dtype(source, device, settings.dtype)
     pipe = load_pipeline(source, settings, dtype, on_download)
     if on_download is not None and source.kind == "hub":
         on_download(1.0)
+    if make_room is not None:
+        make_room(device)
     place(pipe, device, settings)
     loaded = LoadedModel(
         name=name, source=source, family=family_of(pipe), device=device, dtype=dtype, base=pipe, scheduler=pipe.scheduler
     )
     loaded.pipes["inpaint" if "Inpaint" in type(pipe).__name__ else "text2image"] = pipe
     return loaded
+
+
+def park(loaded: LoadedModel) -> bool:
+    """Move a model's weights to CPU memory to free its accelerator (while another loads); False
+    when there is nothing to free (already on the CPU, or offloaded by accelerate's hooks)."""
+    if loaded.device.type == "cpu" or getattr(loaded.base, "_offload_gpu_id", None) is not None:
+        return False
+    loaded.base.to("cpu")
+    return True

@@ -146,12 +146,21 @@ def security_middleware(settings: Settings) -> Callable:
 
 
 def resolve_model_name(name: str, settings: Settings, loaded: str | None = None) -> str:
-    """A model name from a remote client → what the engine may load: the configured or loaded
-    model and the built-in random models as they are, anything else only inside the model folders
-    (`model_dirs.find`: a remote client must not make the server fetch or read arbitrary things)."""
+    """A model name from a remote client → the name the engine loads (the same name: the engine
+    resolves it with the same rule). Built-ins, the configured model and the loaded one pass as
+    they are; anything else must be a model inside the model folders (`model_dirs.find`: a remote
+    client must not make the server fetch or read arbitrary things). With `--lock-model` only the
+    serving model may be named."""
+    name = name.strip()
     if name in BUILTIN_MODELS or name == settings.model or (loaded is not None and name == loaded):
-        return name
-    return str(model_dirs.find(name, settings).resolve())
+        resolved = name
+    else:
+        model_dirs.find(name, settings)
+        resolved = model_dirs.canonical_name(name)
+    if settings.lock_model and resolved not in {settings.model, loaded}:
+        raise LatentBridgeError(f"this server's model is locked to {loaded or settings.model!r} (--lock-model): "
+                                f"requests may not switch it to {resolved!r}", field="model", code=ErrorCode.forbidden)
+    return resolved
 
 
 def check_lora_names(names: list[str]) -> None:
@@ -163,5 +172,6 @@ def check_lora_names(names: list[str]) -> None:
 
 
 def list_models(settings: Settings) -> list[dict[str, str]]:
-    """Models a client may pick: diffusers folders and .safetensors files inside model_dirs."""
-    return [{"name": e.name, "kind": e.kind, "path": str(e.path)} for e in model_dirs.entries(settings) if e.kind != "pickle"]
+    """Models a client may pick: diffusers folders and .safetensors files inside model_dirs (and
+    pickle checkpoints when the user allowed them)."""
+    return [{"name": e.name, "kind": e.kind, "path": str(e.path)} for e in model_dirs.entries(settings)]
