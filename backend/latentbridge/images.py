@@ -262,6 +262,14 @@ def a1111_parameters(request: GenerationRequest, seed: int | None) -> str:
 # Masks
 
 
+def check_mask_size(init_image: Image.Image | None, mask: Image.Image | None) -> None:
+    """A mask must match its init image pixel for pixel: stretching one would repaint the wrong
+    place. The server and the local engine refuse a mismatch with this same error."""
+    if mask is not None and init_image is not None and mask.size != init_image.size:
+        raise BadImage(f"mask is {mask.width}x{mask.height} but the init image is "
+                       f"{init_image.width}x{init_image.height}: they must be the same size", field="mask")
+
+
 def mask_channel(mask: Image.Image) -> Image.Image:
     """The mask as mode L, white = repaint.
 

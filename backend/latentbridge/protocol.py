@@ -165,6 +165,7 @@ class ErrorCode(str, Enum):
     cancelled = "cancelled"
     out_of_memory = "out_of_memory"
     timeout = "timeout"
+    interrupted = "interrupted"  # the server stopped before the job finished (see JobState.interrupted)
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     internal = "internal"
@@ -324,10 +325,11 @@ class JobState(str, Enum):
     done = "done"
     cancelled = "cancelled"
     failed = "failed"
+    interrupted = "interrupted"  # the server stopped while it was unfinished, and it was not resumed
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.done, JobState.cancelled, JobState.failed)
+        return self is not JobState.queued and self is not JobState.running
 
 
 class ModelState(str, Enum):
@@ -444,6 +446,8 @@ class StatusEvent(BaseModel):
     error: ErrorEvent | None = None
     created_at: float | None = None
     finished_at: float | None = None
+    resumed: int = Field(0, description="Times the job was queued again because the server stopped (crash or "
+                         "restart) while it was queued or running")
 
 
 class ModelEvent(BaseModel):

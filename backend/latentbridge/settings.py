@@ -35,6 +35,8 @@ class Settings(BaseModel):
     cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs")
     taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) id or folder for better previews")
     offline: bool = Field(False, description="Never reach a model hub")
+    lock_model: bool = Field(False, description="Refuse per-request model switches (shared servers): clients "
+                             "use the model the server was started with")
 
     # --- server ---
     host: str = "127.0.0.1"
@@ -43,6 +45,9 @@ class Settings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list, description="Browser origins trusted besides none")
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header names accepted")
     data_dir: Path = Field(default_factory=default_data_dir)
+    resume_jobs: bool = Field(True, description="After a crash or restart, run again the jobs that were queued or "
+                              "running (same seed, same images); off: they are marked interrupted")
+    log_format: Literal["text", "json"] = Field("text", description="Server log lines as text or as JSON objects")
 
     # --- limits ---
     max_body_bytes: int = 64 * 1024 * 1024
@@ -88,8 +93,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, fields: list[str] | 
             continue
         flag = "--" + name.replace("_", "-")
         help_text = info.description or ""
-        if info.annotation is bool:
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        if info.annotation is bool:  # --flag / --no-flag, so a default of True can be turned off too
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name in _LIST_FIELDS:
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text + " (repeatable)")
         else:

@@ -1,17 +1,23 @@
-"""Finished jobs on disk: results, inputs and a JSON record per job, kept across restarts.
+"""Jobs on disk: a journal entry per job from the moment it is accepted, its inputs and results.
 
-Layout under `data_dir`:
+Layout under `data_dir` (docs/http-api.md "Data folder"):
 
-    jobs/<job_id>/job.json        the record: request, state, seeds, error, timestamps
-    jobs/<job_id>/result-<i>.png  result images (PNG with the request embedded)
-    jobs/<job_id>/input-init.png  inputs, so the job can be regenerated exactly
-    jobs/<job_id>/input-mask.png
+    jobs/<job_id>/job.json          the record: request, state, seeds, error, timestamps
+    jobs/<job_id>/input-<role>.png  inputs (init, mask, ...), so the job can run again exactly
+    jobs/<job_id>/result-<i>.png    result images (PNG with the request embedded)
 
-Every file is written to a temporary name in the same folder and then `os.replace`d, so a reader
-(or a restart after a crash) sees either the whole file or none of it. The record is written last:
-a job whose record says `done` has all its results on disk. The store keeps an in-memory index of
-the records so history queries never touch the disk; it is safe to use from the worker thread and
-the event loop at once.
+A job is journaled when it is accepted: its inputs are written, then its record (state `queued`),
+before the client hears `accepted`; the record follows the job through `running` to `done`,
+`failed`, `cancelled` or `interrupted`. Every file is written to a temporary name in the same
+folder and then renamed, so a reader (or a restart after a crash) sees either the whole file or
+none of it. Results are written before the record that lists them: a record lists only complete
+results. A finished record is final: a late write of an unfinished state never replaces it.
+
+On start-up the store reads every record, deletes what a crash can leave behind (temporary files,
+results a record does not list, folders of jobs that were never accepted), and recovers folders
+whose record is missing but whose results are whole (older versions wrote the record last) from
+the request embedded in the result PNGs. The in-memory index answers history queries without
+touching the disk; the store is safe to use from the worker thread and the event loop at once.
 """
 
 from __future__ import annotations
@@ -19,20 +25,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .protocol import ErrorCode, ErrorEvent, GenerationRequest, JobState, StatusEvent
+from .protocol import ErrorEvent, GenerationRequest, JobState, StatusEvent
 
 log = logging.getLogger(__name__)
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-INPUT_ROLES = ("init", "mask")
+ROLE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,40}$")  # init, mask, control.0, reference.1, ...
+RESULT_RE = re.compile(r"^result-(\d+)\.png$")
 
 
 class JobRecord(BaseModel):
@@ -49,11 +55,13 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    resumed: int = 0  # times the job was queued again after the server stopped while it was unfinished
+    cancel_requested: bool = False  # a cancel arrived while it ran: it must not run again after a crash
 
     def status(self) -> StatusEvent:
         return StatusEvent(job_id=self.job_id, state=self.state, result_count=self.result_count,
                            request=self.request, error=self.error, created_at=self.created_at,
-                           finished_at=self.finished_at, total=self.request.steps,
+                           finished_at=self.finished_at, total=self.request.steps, resumed=self.resumed,
                            step=self.request.steps if self.state is JobState.done else None)
 
 
@@ -61,8 +69,15 @@ def valid_job_id(job_id: str) -> bool:
     return bool(JOB_ID_RE.match(job_id))
 
 
+def valid_role(role: str) -> bool:
+    return bool(ROLE_RE.match(role))
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` through a temporary file in the same folder and a rename. The file is
+    created with mode 0o666 so the user's umask decides its permissions, as for any other file."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -70,10 +85,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -81,7 +93,8 @@ class ResultStore:
     def __init__(self, data_dir: Path | str, retention: int = 500):
         self.root = Path(data_dir) / "jobs"
         self.retention = max(1, retention)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the index; held briefly, never across disk I/O
+        self._write_lock = threading.Lock()  # orders record writes
         self._records: dict[str, JobRecord] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_index()
@@ -92,23 +105,70 @@ class ResultStore:
         for folder in self.root.iterdir():
             if not folder.is_dir() or not valid_job_id(folder.name):
                 continue
-            path = folder / "job.json"
-            try:
-                record = JobRecord.model_validate_json(path.read_bytes())
-            except (OSError, ValidationError, ValueError):
-                log.warning("ignoring unreadable job record in %s", folder)
+            for tmp in folder.glob(".*.tmp"):  # leftovers of writes interrupted by a crash
+                tmp.unlink(missing_ok=True)
+            record = self._read_record(folder) or self._recover_record(folder)
+            if record is None:
+                # Inputs without a record: the job was never acknowledged (the client got an error).
+                log.info("removing %s: a job that was never accepted", folder)
+                shutil.rmtree(folder, ignore_errors=True)
                 continue
-            if not record.state.finished:
-                # The server stopped (or crashed) while this job was queued or running.
-                record = record.model_copy(update={
-                    "state": JobState.failed, "finished_at": record.finished_at or time.time(),
-                    "error": ErrorEvent(job_id=record.job_id, code=ErrorCode.internal,
-                                        message="the server stopped before this job finished"),
-                })
-                self._write_record(record)
+            self._drop_unlisted_results(folder, record)
             self._records[record.job_id] = record
-        for tmp in self.root.glob("*/.*.tmp"):  # leftovers of writes interrupted by a crash
-            tmp.unlink(missing_ok=True)
+
+    def _read_record(self, folder: Path) -> JobRecord | None:
+        path = folder / "job.json"
+        if not path.exists():
+            return None
+        try:
+            return JobRecord.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as exc:
+            log.warning("unreadable job record %s (%s): recovering from its results", path, exc)
+            return None
+
+    def _recover_record(self, folder: Path) -> JobRecord | None:
+        """A record for whole results that lost theirs, from the request each result PNG embeds."""
+        from . import images
+
+        seeds, sizes, request = [], [], None
+        while (path := folder / f"result-{len(seeds)}.png").exists():
+            try:
+                data = path.read_bytes()
+                embedded = images.read_png_request(data)
+                size = images.decode_image(data).size
+            except Exception:  # noqa: BLE001 - a partial or foreign file ends the recovered list
+                break
+            if embedded is None or embedded.seed is None:
+                break
+            request = request or embedded
+            seeds.append(embedded.seed)
+            sizes.append(list(size))
+        if request is None:
+            return None
+        created = min(p.stat().st_mtime for p in folder.iterdir())
+        record = JobRecord(job_id=folder.name, request=request.model_copy(update={"batch_size": len(seeds),
+                                                                               "seed": seeds[0]}),
+                           state=JobState.done, seeds=seeds, result_count=len(seeds), sizes=sizes,
+                           created_at=created, finished_at=created)
+        log.warning("recovered job %s (%d results) whose record was missing", folder.name, len(seeds))
+        self._write_record(record)
+        return record
+
+    @staticmethod
+    def _drop_unlisted_results(folder: Path, record: JobRecord) -> None:
+        """Results beyond what the record lists were cut short by a crash, or belong to a run that
+        will start again: never listed, so never seen; delete them."""
+        listed = record.result_count if record.state is JobState.done else 0
+        for path in folder.iterdir():
+            match = RESULT_RE.match(path.name)
+            if match and int(match.group(1)) >= listed:
+                path.unlink(missing_ok=True)
+
+    def unfinished(self) -> list[JobRecord]:
+        """Jobs the journal says were queued or running, oldest first (the queue to rebuild)."""
+        with self._lock:
+            pending = [r for r in self._records.values() if not r.state.finished]
+        return sorted(pending, key=lambda r: r.created_at)
 
     # ------------------------------------------------------------------ writing
 
@@ -117,12 +177,15 @@ class ResultStore:
             raise ValueError(f"invalid job id {job_id!r}")
         return self.root / job_id
 
-    def save_input(self, job_id: str, role: str, png: bytes) -> None:
-        if role not in INPUT_ROLES:
-            raise ValueError(f"unknown input role {role!r}")
-        folder = self._folder(job_id)
+    def journal(self, record: JobRecord, inputs: dict[str, bytes]) -> None:
+        """Write an accepted job: its inputs first, then its record (the record makes it exist)."""
+        folder = self._folder(record.job_id)
         folder.mkdir(exist_ok=True)
-        atomic_write(folder / f"input-{role}.png", png)
+        for role, png in inputs.items():
+            if not valid_role(role):
+                raise ValueError(f"invalid input role {role!r}")
+            atomic_write(folder / f"input-{role}.png", png)
+        self.save_record(record)
 
     def save_result(self, job_id: str, index: int, png: bytes) -> None:
         folder = self._folder(job_id)
@@ -135,11 +198,17 @@ class ResultStore:
         atomic_write(folder / "job.json", record.model_dump_json(indent=1).encode())
 
     def save_record(self, record: JobRecord) -> None:
-        """Write a job's record (last, after its results) and apply the retention limit."""
-        self._write_record(record)
-        with self._lock:
-            self._records[record.job_id] = record
-        self.prune()
+        """Write a job's record (after its results) and apply the retention limit. A finished
+        record is final: an unfinished one arriving after it (a cancel racing the end) is dropped."""
+        with self._write_lock:
+            known = self.record(record.job_id)
+            if known is not None and known.state.finished and not record.state.finished:
+                return
+            self._write_record(record)
+            with self._lock:
+                self._records[record.job_id] = record
+        if record.state.finished:
+            self.prune()
 
     def prune(self) -> list[str]:
         """Delete the oldest finished jobs beyond the retention limit; returns their ids."""
@@ -174,6 +243,17 @@ class ResultStore:
         except OSError:
             return None
 
+    def input_png(self, job_id: str, role: str) -> bytes | None:
+        """A stored input of a job (`init`, `mask`, ...), or None."""
+        record = self.record(job_id)
+        if record is None or role not in record.inputs or not valid_role(role):
+            return None
+        try:
+            return (self._folder(job_id) / f"input-{role}.png").read_bytes()
+        except OSError:
+            return None
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
+

@@ -100,7 +100,7 @@ async def collect(sub: Subscription, timeout: float = 10.0) -> list:
 
 
 async def test_job_flow_events_and_store(manager):
-    job = manager.submit(req(batch_size=2))
+    job = await manager.submit(req(batch_size=2))
     events = await collect(manager.subscribe(job.id))
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "StartedEvent" and kinds[-1] == "DoneEvent"
@@ -121,13 +121,13 @@ async def test_job_flow_events_and_store(manager):
 async def test_priorities_and_fairness(manager):
     engine = manager.engine
     engine.gate.clear()
-    first = manager.submit(req("running"), owner="a")
+    first = await manager.submit(req("running"), owner="a")
     while manager.current_job is None:
         await asyncio.sleep(0.01)
-    a1 = manager.submit(req("a1"), owner="a")
-    a2 = manager.submit(req("a2"), owner="a")
-    b1 = manager.submit(req("b1"), owner="b")
-    inter = manager.submit(req("interactive"), owner="a", priority="interactive")
+    a1 = await manager.submit(req("a1"), owner="a")
+    a2 = await manager.submit(req("a2"), owner="a")
+    b1 = await manager.submit(req("b1"), owner="b")
+    inter = await manager.submit(req("interactive"), owner="a", priority="interactive")
     # Interactive first; then owner b (not served yet) before a's second job.
     assert [manager.position(j) for j in (inter, b1, a1, a2)] == [0, 1, 2, 3]
     engine.gate.set()
@@ -138,39 +138,39 @@ async def test_priorities_and_fairness(manager):
 
 async def test_queue_full_and_limits(manager):
     manager.engine.gate.clear()
-    manager.submit(req("running"))
+    await manager.submit(req("running"))
     while manager.current_job is None:
         await asyncio.sleep(0.01)
     for i in range(4):
-        manager.submit(req(f"q{i}"))
+        await manager.submit(req(f"q{i}"))
     with pytest.raises(LatentBridgeError) as info:
-        manager.submit(req("one too many"))
+        await manager.submit(req("one too many"))
     assert info.value.code is ErrorCode.queue_full
     with pytest.raises(LatentBridgeError) as info:
-        manager.submit(req(width=4096, height=4096))
+        await manager.submit(req(width=4096, height=4096))
     assert info.value.code is ErrorCode.too_large and info.value.field == "width"
     with pytest.raises(LatentBridgeError) as info:
-        manager.submit(req(mode="img2img"))
+        await manager.submit(req(mode="img2img"))
     assert info.value.code is ErrorCode.missing_image and info.value.field == "init_image"
     with pytest.raises(LatentBridgeError) as info:
-        manager.submit(req(mode="inpaint"), init_image=Image.new("RGB", (64, 64)), mask=Image.new("L", (32, 32)))
+        await manager.submit(req(mode="inpaint"), init_image=Image.new("RGB", (64, 64)), mask=Image.new("L", (32, 32)))
     assert info.value.code is ErrorCode.bad_image and info.value.field == "mask"
 
 
 async def test_cancel_queued_and_running(manager):
     manager.engine.gate.clear()
-    running = manager.submit(req("running", steps=50))
-    queued = manager.submit(req("queued"))
+    running = await manager.submit(req("running", steps=50))
+    queued = await manager.submit(req("queued"))
     running_sub, queued_sub = manager.subscribe(running.id), manager.subscribe(queued.id)
     while manager.current_job is None:
         await asyncio.sleep(0.01)
-    assert manager.cancel(queued.id)
+    assert await manager.cancel(queued.id)
     assert [type(e) for e in await collect(queued_sub)] == [CancelledEvent]
-    assert manager.cancel(running.id)
+    assert await manager.cancel(running.id)
     events = await collect(running_sub)
     assert isinstance(events[-1], CancelledEvent)
-    assert not manager.cancel(running.id)  # already finished
-    assert not manager.cancel("0" * 32)
+    assert not await manager.cancel(running.id)  # already finished
+    assert not await manager.cancel("0" * 32)
     assert manager.store.record(running.id).state is JobState.cancelled
 
 
@@ -181,16 +181,16 @@ async def test_timeout_and_crash_affect_that_job_alone(tmp_path):
     await jobs.start()
     try:
         engine.gate.clear()
-        slow = jobs.submit(req("slow"))
+        slow = await jobs.submit(req("slow"))
         events = await collect(jobs.subscribe(slow.id))
         assert isinstance(events[-1], ErrorEvent) and events[-1].code is ErrorCode.timeout
         engine.gate.set()
         engine.crash = True
-        crash = jobs.submit(req("crash"))
+        crash = await jobs.submit(req("crash"))
         events = await collect(jobs.subscribe(crash.id))
         assert events[-1].code is ErrorCode.internal and "boom" not in events[-1].message  # no internals leak
         engine.crash = False
-        ok = jobs.submit(req("fine"))
+        ok = await jobs.submit(req("fine"))
         assert isinstance((await collect(jobs.subscribe(ok.id)))[-1], DoneEvent)
     finally:
         await jobs.stop()
@@ -206,7 +206,7 @@ async def test_model_load_failure_is_reported(tmp_path):
                 break
             await asyncio.sleep(0.01)
         with pytest.raises(LatentBridgeError) as info:
-            jobs.submit(req())
+            await jobs.submit(req())
         assert info.value.code is ErrorCode.model_load_failed and "x.safetensors" in info.value.message
     finally:
         await jobs.stop()
@@ -241,7 +241,8 @@ def test_store_survives_restart_and_prunes(tmp_path):
     store.save_record(JobRecord(job_id=running, request=req(), state=JobState.running, created_at=300))
     again = ResultStore(tmp_path, retention=2)
     assert again.result_png(ids[2], 0) == b"png2"
-    assert again.record(running).state is JobState.failed  # the server stopped mid-job
+    assert again.record(running).state is JobState.running  # the journal: the job manager resumes it
+    assert [r.job_id for r in again.unfinished()] == [running]
     assert [r.job_id for r in again.records()][0] == running
     assert again.result_png("../../etc", 0) is None
     assert not list((tmp_path / "jobs").glob("*/.*.tmp"))

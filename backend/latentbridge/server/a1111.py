@@ -524,7 +524,7 @@ async def _follow_while_connected(request: web.Request, jobs: JobManager, job_id
         gone.cancel()
         if not follow.done():
             # Nobody is waiting for this picture any more: free the GPU for others.
-            jobs.cancel(job_id)
+            await jobs.cancel(job_id)
             follow.cancel()
     if not follow.done():
         raise asyncio.CancelledError()
@@ -545,7 +545,7 @@ async def run_plan(request: web.Request, plan: Plan) -> Outcome:
             job_request = plan.request_for(iteration)
             task.job_no, task.step, task.total = iteration, 0, job_request.steps
             try:
-                job = jobs.submit(job_request, plan.init_image, plan.mask, owner=_owner(request))
+                job = await jobs.submit(job_request, plan.init_image, plan.mask, owner=_owner(request))
             except LatentBridgeError as exc:
                 if exc.code is ErrorCode.queue_full:
                     exc.retry_after_s = jobs.retry_after_s()  # type: ignore[attr-defined]
@@ -752,7 +752,7 @@ async def interrupt(request: web.Request) -> web.Response:
         if running is None or task.job_id == running.id:
             task.interrupted = True
     if running is not None:
-        jobs.cancel(running.id)
+        await jobs.cancel(running.id)
     return web.json_response({})
 
 
@@ -761,7 +761,7 @@ async def skip(request: web.Request) -> web.Response:
     jobs = _jobs(request.app)
     running = jobs.current_job
     if running is not None:
-        jobs.cancel(running.id)
+        await jobs.cancel(running.id)
     return web.json_response(None)
 
 

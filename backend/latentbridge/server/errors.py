@@ -26,6 +26,7 @@ HTTP_STATUS = {
     ErrorCode.cancelled: 409,
     ErrorCode.out_of_memory: 503,
     ErrorCode.timeout: 504,
+    ErrorCode.interrupted: 409,
     ErrorCode.unauthorized: 401,
     ErrorCode.forbidden: 403,
     ErrorCode.internal: 500,

@@ -152,7 +152,7 @@ async def job_status(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     job_id, _status = _job_or_404(request)
-    cancelled = request.app[JOBS_KEY].cancel(job_id)
+    cancelled = await request.app[JOBS_KEY].cancel(job_id)
     state = request.app[JOBS_KEY].status(job_id)
     return web.json_response({"job_id": job_id, "cancelled": cancelled,
                               "state": state.state.value if state else None})

@@ -45,7 +45,7 @@ async def submit_job(app: web.Application, request: GenerationRequest, init_byte
     mask = await decode_upload(app, mask_bytes, fields[1], as_mask=True) if mask_bytes is not None else None
     jobs = app[JOBS_KEY]
     try:
-        return jobs.submit(request, init_image, mask, owner=owner, priority=priority)
+        return await jobs.submit(request, init_image, mask, owner=owner, priority=priority)
     except LatentBridgeError as exc:
         if exc.code.value == "queue_full":
             exc.retry_after_s = jobs.retry_after_s()  # type: ignore[attr-defined]

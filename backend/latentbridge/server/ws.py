@@ -143,7 +143,7 @@ class Connection:
 
     async def on_cancel(self, message: CancelMessage) -> None:
         jobs = self.app[JOBS_KEY]
-        if jobs.cancel(message.job_id):
+        if await jobs.cancel(message.job_id):
             return  # the job's stream reports `cancelled`
         status = jobs.status(message.job_id)
         if status is None:
