@@ -367,3 +367,35 @@ def test_a_model_that_fails_to_load_leaves_the_engine_usable(model_root, referen
     assert np.array_equal(pixels(result.images[0]), reference_image)
     status = engine.status
     assert (status.name, status.state, status.error) == ("tiny", ModelState.ready, None)
+
+
+def test_a_switch_that_fails_on_the_device_puts_the_old_model_back(model_root, reference_image, monkeypatch):
+    """The new weights are read into CPU memory first, the old model is parked to make room on the
+    accelerator, and when placing the new one fails the old one goes back and serves on."""
+    engine = Engine(Settings(model="tiny", model_dirs=[model_root]))
+    engine.load()
+    old = engine.model
+    calls = []
+    real_place = models.place
+
+    def park(loaded):
+        calls.append(("park", loaded.name))
+        return True  # as on a GPU: the weights moved to CPU memory
+
+    def place(pipe, device, settings):
+        calls.append(("place", "old" if pipe is old.base else "new"))
+        if pipe is not old.base:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_place(pipe, device, settings)
+
+    monkeypatch.setattr(models, "park", park)
+    monkeypatch.setattr(models, "place", place)
+    with pytest.raises(LatentBridgeError) as info:
+        engine.load("tiny-folder")
+    assert info.value.field == "model" and info.value.code is ErrorCode.out_of_memory
+    assert calls == [("park", "tiny"), ("place", "new"), ("place", "old")]
+    assert engine.model is old
+    status = engine.status
+    assert (status.name, status.state, status.error) == ("tiny", ModelState.ready, None)
+    monkeypatch.undo()
+    assert np.array_equal(pixels(engine.generate(small_request(steps=2)).images[0]), reference_image)

@@ -136,6 +136,9 @@ class Engine:
 
     @staticmethod
     def _unexpected_load_failure(name: str, exc: Exception) -> LatentBridgeError:
+        if isinstance(exc, torch.OutOfMemoryError):
+            return OutOfMemory(f"not enough device memory to load {name}; try --cpu-offload or a smaller model",
+                               field="model")
         # An unexpected loader failure must still give a clear, typed error and status.
         log.error("loading %s failed", name, exc_info=exc)
         return LatentBridgeError(f"could not load {name}: {type(exc).__name__}: {exc}", field="model",

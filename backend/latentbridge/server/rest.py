@@ -238,7 +238,7 @@ async def load_model(request: web.Request) -> web.Response:
         raise error_from_validation(exc) from None
     engine = request.app[ENGINE_KEY]
     name = resolve_model_name(body.model, request.app[SETTINGS_KEY], engine.status.name)
-    await request.app[JOBS_KEY].load_model(name)
+    await request.app[JOBS_KEY].load_model(name, requested_by=_owner(request))
     return web.json_response(engine.status.model_dump(mode="json"))
 
 
