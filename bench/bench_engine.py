@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from latentbridge.engine import Engine  # noqa: E402
+from latentbridge.bench import paired_ratio  # noqa: E402
 from latentbridge.protocol import GenerationRequest, PreviewOptions  # noqa: E402
 from latentbridge.settings import Settings  # noqa: E402
 
@@ -104,11 +105,9 @@ def preview_ratios(engine: Engine, size: int, steps: int, rounds: int) -> dict[s
                 timed[decoder].append(seconds)
         if round_index:
             plain.append(none_s)
-    base = statistics.median(plain)
-    result = {"none": (base, 1.0, 0)}
+    result = {"none": (statistics.median(plain), 1.0, 0)}
     for decoder in decoders:
-        median = statistics.median(timed[decoder])
-        result[decoder] = (median, median / base, counts[decoder])
+        result[decoder] = (statistics.median(timed[decoder]), paired_ratio(timed[decoder], plain), counts[decoder])
     return result
 
 
@@ -134,7 +133,8 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds")
     for decoder, (seconds, ratio, count) in preview_ratios(mid, args.mid_size, args.mid_steps, args.rounds).items():
         label = "no previews" if decoder == "none" else f"previews ({decoder})"
-        print(f"  {label:24s} {seconds * 1000:8.1f} ms   ratio {ratio:.3f}" + (f"   ({count} previews)" if count else ""))
+        print(f"  {label:24s} {seconds * 1000:8.1f} ms   ratio previews / none {ratio:.3f}"
+              + (f"   ({count} previews)" if count else ""))
 
 
 if __name__ == "__main__":

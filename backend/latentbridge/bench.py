@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .protocol import ErrorCode, LatentBridgeError
 
 
 class LoopProbe:
@@ -49,6 +52,13 @@ class LoopProbe:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         return self.lateness_ms
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """`A / B` for timings taken in interleaved rounds: the median of the per-round ratios A_i / B_i
+    (every bench script reports its ratios this way, so a machine that drifts during the run
+    affects both sides of each ratio alike)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,8 +121,8 @@ async def _serve_and_measure(settings: Any, request: Any, runs: int) -> dict[str
         "direct_s": statistics.median(direct),
         "ws_s": statistics.median(ws),
         "ws_preview_s": statistics.median(ws_preview),
-        "ws_ratio": statistics.median(w / d for w, d in zip(ws, direct)),
-        "preview_ratio": statistics.median(p / w for p, w in zip(ws_preview, ws)),
+        "ws_ratio": paired_ratio(ws, direct),
+        "preview_ratio": paired_ratio(ws_preview, ws),
         "previews_per_job": previews / runs,
         "loop_samples": len(lateness),
         "loop_p50_ms": percentile(lateness, 50),
@@ -129,24 +139,40 @@ async def _wait_ready(client: Any, timeout_s: float = 120.0) -> None:
         if state == "ready":
             return
         if state == "failed":
-            raise SystemExit(f"model failed to load: {(health.get('model') or {}).get('error')}")
+            raise LatentBridgeError(f"the bench model failed to load: {(health.get('model') or {}).get('error')}",
+                                    field="model", code=ErrorCode.model_load_failed)
         await asyncio.sleep(0.1)
-    raise SystemExit("model did not become ready in time")
+    raise LatentBridgeError(f"the bench model was not ready within {timeout_s:.0f} s", code=ErrorCode.timeout)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="latentbridge bench", description=__doc__.split("\n\n")[0])
+    from .cli import _Parser  # usage errors in the CLI's one-line format, exit status 2
+
+    parser = _Parser(prog="latentbridge bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random-mid",
                         help="random-mid (default), tiny, or any model the engine can load")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--steps", type=int, default=8, help="sampling steps per job (default 8)")
-    parser.add_argument("--runs", type=int, default=3, help="timed rounds (each: direct, websocket, websocket with previews); medians reported")
+    parser.add_argument("--size", type=_positive, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--steps", type=_positive, default=8, help="sampling steps per job (default 8)")
+    parser.add_argument("--runs", type=_positive, default=3, help="timed rounds (each: direct, websocket, websocket with previews); medians reported")
     parser.add_argument("--device", default=None, help="cuda, cpu, ...; automatic when unset")
     return parser.parse_args(argv)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def main(argv: list[str]) -> int:
+    """Exit status as the CLI's (docs/cli.md): 0, or an error raised as one line by `latentbridge`."""
     args = parse_args(argv)
+    # The failure reaches the user once, as the CLI's one-line error, not also as a server log line.
+    logging.getLogger("latentbridge").setLevel(logging.CRITICAL)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from .protocol import GenerationRequest
@@ -162,8 +188,8 @@ def main(argv: list[str]) -> int:
     print(f"model {args.model} ({status.family}, {status.device}, {status.dtype}), {args.size}x{args.size} px, "
           f"{args.steps} steps; medians of {args.runs} interleaved rounds")
     print(f"direct Engine.generate        {f['direct_s'] * 1000:9.1f} ms")
-    print(f"job via websocket             {f['ws_s'] * 1000:9.1f} ms   websocket / direct   {f['ws_ratio']:.3f}")
-    print(f"job via websocket, previews   {f['ws_preview_s'] * 1000:9.1f} ms   previews on / off    "
+    print(f"job via websocket             {f['ws_s'] * 1000:9.1f} ms   ratio websocket / direct  {f['ws_ratio']:.3f}")
+    print(f"job via websocket, previews   {f['ws_preview_s'] * 1000:9.1f} ms   ratio previews / none     "
           f"{f['preview_ratio']:.3f}  ({f['previews_per_job']:.1f} previews per job)")
     print(f"event-loop lateness while generating ({f['loop_samples']} wake-ups of a 5 ms sleep): "
           f"p50 {f['loop_p50_ms']:.2f} ms, p99 {f['loop_p99_ms']:.2f} ms, max {f['loop_max_ms']:.2f} ms")

@@ -41,6 +41,7 @@ from .protocol import (
     parse_request,
 )
 from .settings import Settings, add_settings_arguments, load_settings
+from .store import atomic_write
 
 PROG = "latentbridge"
 EXIT_OK = 0
@@ -103,6 +104,9 @@ def parse_extent(text: str) -> OutpaintExtent:
         left, top, right, bottom = (int(p) for p in parts)
     except ValueError:
         raise InvalidRequest(f"--extend values must be whole numbers of pixels, got {text!r}", field="outpaint") from None
+    for side, value in zip(("left", "top", "right", "bottom"), (left, top, right, bottom)):
+        if value < 0:
+            raise InvalidRequest(f"--extend adds pixels: {side} must be 0 or more, got {value}", field=f"outpaint.{side}")
     try:
         return OutpaintExtent(left=left, top=top, right=right, bottom=bottom)
     except ValidationError as exc:
@@ -258,31 +262,29 @@ def _read_image(path: str, flag: str, max_pixels: int | None):
 
 
 def check_output(out: str | None) -> None:
-    """Refuse an --out whose folder does not exist before generating, not after."""
-    if not out or Path(out).is_dir():
-        return
-    folder = Path(out).parent
-    if not folder.is_dir():
-        raise InvalidRequest(f"--out {out}: the folder {folder} does not exist", field="out")
+    """Refuse an --out that cannot be written before generating, not after: its folder must exist
+    and take a new file (tried for real: permissions alone do not tell, e.g. on /proc or a
+    read-only mount)."""
+    folder = Path(out or ".")
+    if out and not folder.is_dir():
+        folder = folder.parent
+        if not folder.is_dir():
+            raise InvalidRequest(f"--out {out}: the folder {folder} does not exist", field="out")
+    label = f"--out {out}" if out else "the current folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InvalidRequest(f"{label}: cannot write there ({exc.strerror or exc})", field="out") from None
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder: a reader never sees half a PNG."""
-    folder = path.parent if str(path.parent) else Path(".")
+    """Write via a temporary file in the same folder (a reader never sees half a PNG), with the
+    permissions the user's umask gives any new file."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        atomic_write(path if str(path.parent) else Path(".") / path, data)
     except OSError as exc:
         raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}", field="out") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +324,8 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if not args.debug:
+        _quiet_libraries(silent=args.quiet)
     # Settings first: a bad setting is reported before any file is read or model loaded.
     settings = _settings(args)
     check_output(args.out)
@@ -331,6 +335,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         init_bytes, init_image = _read_image(args.init, "--init", max_pixels)
     if args.mask:
         mask_bytes, mask_image = _read_image(args.mask, "--mask", max_pixels)
+    images.check_mask_size(init_image, mask_image)  # the server's own check, before any model loads
     request = build_request(args, init_image.size if init_image is not None else None)
     if request.needs_init_image() and init_image is None:
         raise MissingImage(f"mode {request.mode.value} needs an init image: pass --init IMAGE", field="init")
@@ -361,17 +366,23 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise error_from_validation(exc, prefix="settings") from None
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(silent: bool = False) -> None:
     """Keep transformers/diffusers notices (optional backends, deprecations) off a CLI's stderr;
-    an explicit environment setting or --debug keeps them."""
+    an explicit environment setting or --debug keeps them. `silent` (-q): no library warning or
+    progress bar at all, only errors."""
     for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(name, "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if silent:
+        import logging
+        import warnings
+
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
 
 
 def _generate_local(args, settings: Settings, request: GenerationRequest, init_image, mask_image) -> tuple[list[bytes], list[int]]:
-    if not args.debug:
-        _quiet_libraries()
     from .engine import Engine  # torch + diffusers: only when generating here
 
     if request.model is None:
@@ -447,6 +458,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not args.debug:
         _quiet_libraries()
+    from . import logs
+
+    logs.configure(settings.log_format)
     from .server import StartupRefused, run  # aiohttp: only when serving
 
     try:
@@ -549,6 +563,33 @@ def _split_bench(argv: list[str]) -> list[str] | None:
     return None
 
 
+def _join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--extend -8,0,0,0` → `--extend=-8,0,0,0`: argparse takes any word starting with `-` for an
+    option (unless it is a plain number), so an option's value could not start with a dash
+    (`--negative "-blurry"` neither). A word after an option that takes a value is its value."""
+    takes_value: set[str] = set()
+    known: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:  # argparse keeps no public list of them
+            known.update(action.option_strings)
+            if action.option_strings and action.nargs is None and action.const is None:
+                takes_value.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += list(action.choices.values())
+    out, i = [], 0
+    while i < len(argv):
+        word = argv[i]
+        if word in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] not in known:
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
@@ -558,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     bench_args = _split_bench(argv)
+    if bench_args is None:
+        argv = _join_dash_values(parser, argv)
     try:
         args = parser.parse_args(argv if bench_args is None else argv[: len(argv) - len(bench_args)])
     except SystemExit as exc:  # --help, or a usage error already printed as one line

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -77,8 +78,16 @@ def decode_image(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
     return _normalise_mode(image)
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _reason(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    """The library's reason, without internals: Pillow names the buffer it read from
+    (`cannot identify image file <_io.BytesIO object at 0x7f…>`), which means nothing to a user."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a PNG, JPEG or WebP image"
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:

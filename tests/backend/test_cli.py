@@ -177,6 +177,10 @@ def _fill(arg, files):
         (["generate", "--vae-tiling", "sometimes"], "settings.vae_tiling"),
         (["generate", "--from-image", "{png}"], "carries no Latent Bridge request"),
         (["generate", "--out", "{missing}/x.png"], "does not exist"),
+        (["generate", "--out", "{readonly}/x.png"], "cannot write there"),
+        (["generate", "--init", "{png}", "--extend", "-8,0,0,0"], "left must be 0 or more, got -8"),
+        (["generate", "--init", "{png}", "--mask", "{small}"], "mask is 32x32 but the init image is 64x64"),
+        (["generate", "--init", "{garbage}"], "not a PNG, JPEG or WebP image"),
         (["info", "{png}"], "no Latent Bridge request or A1111 parameters"),
         (["info", "{garbage}"], "not a readable image"),
         (["info", "{missing}"], "cannot read it"),
@@ -188,6 +192,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, expected):
         "{missing}": str(tmp_path / "missing.png"),
         "{garbage}": str(tmp_path / "garbage.png"),
         "{tmp}": str(tmp_path),
+        "{small}": str(_mask_file(tmp_path / "small.png", (32, 32))),
+        "{readonly}": "/proc",  # exists, and no file can be made there whoever runs the tests
     }
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     argv = [_fill(a, files) for a in argv]
@@ -196,6 +202,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, expected):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert "Traceback" not in err and out == ""
+    assert " object at 0x" not in err  # names the user's file, never an internal object
 
 
 def test_usage_errors_are_one_line(capsys):
@@ -471,3 +478,38 @@ def test_interrupt_and_unexpected_errors(capsys, monkeypatch):
     assert code == 1 and err == "error: RuntimeError: CUDA error: an illegal memory access was encountered (run with --debug for the traceback)\n"
     with pytest.raises(RuntimeError):
         cli.main(["--debug", "info", "x.png"])
+
+
+def test_option_values_may_start_with_a_dash(tmp_path):
+    args = cli.build_parser().parse_args(cli._join_dash_values(cli.build_parser(),
+                                         ["generate", "--negative", "-blurry, -text", "--extend", "-8,0,0,0", "-q"]))
+    assert args.negative == "-blurry, -text" and args.extend == "-8,0,0,0" and args.quiet
+
+
+def test_quiet_silences_library_warnings(tmp_path):
+    """-q: nothing on stderr at all, not even a library's warning (DPM++ SDE's torchsde warns)."""
+    out = tmp_path / "q.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "latentbridge", "generate", "--model", "tiny", "--prompt", "x", "-W", "64", "-H", "64",
+         "--steps", "2", "--sampler", "dpmpp_sde_karras", "--out", str(out), "-q"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout.strip() == str(out)
+
+
+def test_results_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        cli.write_file_atomic(tmp_path / "a.png", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o640
+
+
+def test_bench_errors_are_one_line_with_the_cli_exit_codes(capsys):
+    code, out, err = _run(capsys, "bench", "--runs", "x")
+    assert code == 2 and err.strip().splitlines() == ["error: argument --runs: expected a whole number, got 'x' "
+                                                      "(see `latentbridge bench --help`)"]
+    code, out, err = _run(capsys, "bench", "--model", "no-such-model", "--runs", "1")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: the bench model failed to load: unknown model")

@@ -130,3 +130,46 @@ def test_offline_never_downloads(fake_hub, monkeypatch):
     with pytest.raises(UnknownModel) as info:
         Engine(Settings(model="acme/tiny-diffusion"), local=True).load()
     assert "downloads are off" in info.value.message and fake_hub.calls == []
+
+
+def _unreachable(repo_id, **kwargs):
+    """What diffusers raises when the hub cannot be reached: a misleading 'outgoing traffic has been
+    disabled' on top of the connection error."""
+    import socket
+
+    try:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as cause:
+            raise ConnectionError("[Errno -2] Name or service not known") from cause
+    except ConnectionError:
+        raise OSError(f"Cannot load model {repo_id}: the model is not fully cached locally (Cannot find an appropriate "
+                      "cached snapshot folder for the specified revision on the local disk and outgoing traffic has "
+                      "been disabled. To enable repo look-ups and downloads online, pass 'local_files_only=False' "
+                      "as input.) and a long tail that must not be cut: " + "x" * 400) from None
+
+
+def _not_found(repo_id, **kwargs):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    url = f"https://huggingface.co/api/models/{repo_id}"
+    response = SimpleNamespace(headers={}, request=SimpleNamespace(url=url), status_code=404)
+    raise RepositoryNotFoundError(f"404 Client Error: Repository Not Found for url: {url}", response=response)
+
+
+@pytest.mark.parametrize("fetch, reason", [
+    (_unreachable, "the Hugging Face hub could not be reached"),
+    (_not_found, "the hub has no model 'acme/unreachable' that you may read"),
+])
+def test_a_hub_model_that_cannot_be_had_says_what_was_tried_and_what_to_pass(fake_hub, monkeypatch, fetch, reason):
+    import diffusers
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "download", staticmethod(fetch))
+    with pytest.raises(UnknownModel) as info:
+        Engine(Settings(model="acme/unreachable"), local=True).load()
+    message = info.value.message
+    assert reason in message
+    assert "disabled" not in message  # the user disabled nothing
+    assert "not in the local model cache" in message and "models--acme--unreachable" in message  # what was tried
+    assert "local diffusers folder" in message and ".safetensors" in message and "'tiny'" in message  # what instead
+    assert message.endswith("or 'tiny' for the built-in test model")  # whole, never cut short

@@ -9,6 +9,7 @@ chooses the files (safetensors, no variants); progress is the bytes in the repo'
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from pathlib import Path
 from typing import Callable
@@ -106,3 +107,28 @@ def fetch(repo_id: str, allow_pickle: bool, on_progress: ProgressCallback) -> st
     finally:
         finished.set()
         watcher.join()
+
+
+def failure_reason(repo_id: str, exc: BaseException) -> str:
+    """Why getting `repo_id` from the hub failed, in full and in the user's terms: huggingface_hub
+    and diffusers wrap the cause (a connection error may surface as "outgoing traffic has been
+    disabled" although nobody disabled anything), so the chain of causes is what tells."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    names = {type(e).__name__ for e in chain}
+    if "GatedRepoError" in names:
+        return (f"'{repo_id}' is a gated model: accept its licence on https://huggingface.co/{repo_id} and log in "
+                "with `hf auth login`")
+    if "RepositoryNotFoundError" in names:
+        return (f"the hub has no model '{repo_id}' that you may read (check the spelling; a private model needs "
+                "`hf auth login`)")
+    if "RevisionNotFoundError" in names or "EntryNotFoundError" in names:
+        return f"'{repo_id}' on the hub lacks files a diffusers model needs (is it a diffusers repo?)"
+    if any(isinstance(e, (socket.gaierror, ConnectionError, TimeoutError)) or "Connect" in type(e).__name__
+           or "Timeout" in type(e).__name__ for e in chain):
+        return "the Hugging Face hub could not be reached (no network connection, or a proxy or firewall in the way)"
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -28,6 +28,7 @@ from ..protocol import (
     Seamless,
     Unsupported,
 )
+from .. import images as images_module
 from ..settings import Settings
 from . import models, samplers
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
@@ -164,6 +165,7 @@ class Engine:
             raise MissingImage(f"mode {request.mode.value} needs an init image", field="init_image")
         if request.needs_mask() and mask is None:
             raise MissingImage("mode inpaint needs a mask", field="mask")
+        images_module.check_mask_size(init_image, mask)
         if request.model and (self._model is None or request.model != self._model.name):
             self.load(request.model)
         elif self._model is None:

@@ -319,14 +319,17 @@ def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, o
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         if source.kind == "hub" and _hub_offline(settings):
+            why = "--offline" if settings.offline else "HF_HUB_OFFLINE=1"
             raise UnknownModel(
-                f"{source.ref!r} is not in the local model cache and downloads are off (--offline or HF_HUB_OFFLINE=1; "
-                f"{_first_line(exc)}): run once with the network, or {_HINT}",
+                f"{source.ref!r} is not in the local model cache and downloads are off ({why} is set): run once with "
+                f"the network, or {_HINT}",
                 field="model",
             ) from None
         if source.kind == "hub":
             raise UnknownModel(
-                f"could not load {source.ref!r} from the hub ({_first_line(exc)}). Offline or not a diffusers repo: {_HINT}",
+                f"could not get {source.ref!r}: it is not in the local model cache ({download.cache_folder(source.ref)}) "
+                f"and downloading it from the Hugging Face hub failed: {download.failure_reason(source.ref, exc)}. "
+                f"Instead, {_HINT}",
                 field="model",
             ) from None
         raise LatentBridgeError(f"could not load {source.ref}: {_first_line(exc)}", field="model", code=ErrorCode.model_load_failed) from None
@@ -334,7 +337,7 @@ def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, o
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return text[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------

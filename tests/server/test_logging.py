@@ -1,0 +1,97 @@
+"""The server log: one line per job event (accepted, started, finished/failed/cancelled) naming the
+job, mode, size, steps, seconds and client; a line per model switch; `--log-format json`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+from server_helpers import tiny_request
+
+from latentbridge import logs
+
+
+async def _finish(client, job_id: str) -> dict:
+    for _ in range(600):
+        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(status)
+
+
+async def test_one_line_per_job_event(client, caplog):
+    caplog.set_level(logging.INFO, logger="latentbridge")
+    resp = await client.post("/api/v1/jobs", json={"request": tiny_request()})
+    job_id = (await resp.json())["job_id"]
+    await _finish(client, job_id)
+    lines = [r for r in caplog.records if getattr(r, "job_id", None) == job_id]
+    assert [r.event for r in lines] == ["accepted", "started", "done"]
+    accepted, started, done = (r.getMessage() for r in lines)
+    assert job_id in accepted and "txt2img 64x64, 2 steps" in accepted and "client http:127.0.0.1" in accepted
+    assert "txt2img 64x64, 2 steps" in started
+    assert done.startswith(f"job {job_id} done in ") and done.endswith(" s") and lines[2].seconds >= 0
+
+    resp = await client.post("/api/v1/jobs", json={"request": tiny_request(mode="txt2img", steps=1, model="missing")})
+    assert resp.status == 404  # refused at the door: no job, no job line
+
+
+async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, caplog):
+    caplog.set_level(logging.INFO, logger="latentbridge")
+    resp = await client.post("/api/v1/jobs", json={"request": tiny_request(strength=0.01, mode="img2img"),
+                                                   "init_image": _png_b64()})
+    failed = (await resp.json())["job_id"]
+    assert (await _finish(client, failed))["state"] == "failed"
+    for _ in range(100):  # the line follows the state change by a moment (the worker thread logs it)
+        found = [r.getMessage() for r in caplog.records if getattr(r, "job_id", None) == failed and r.event == "failed"]
+        if found:
+            break
+        await asyncio.sleep(0.02)
+    (message,) = found
+    assert "invalid_request" in message and "strength" in message
+
+    long = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]
+    queued = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]
+    for job_id in (queued, long):
+        assert (await (await client.post(f"/api/v1/jobs/{job_id}/cancel", json={})).json())["cancelled"]
+        assert (await _finish(client, job_id))["state"] == "cancelled"
+    for _ in range(100):
+        cancelled = {r.job_id for r in caplog.records if getattr(r, "event", None) == "cancelled"}
+        if cancelled == {queued, long}:
+            break
+        await asyncio.sleep(0.02)
+    assert cancelled == {queued, long}
+
+    resp = await client.post("/api/v1/models/load", json={"model": "tiny-sdxl"})
+    assert resp.status == 200
+    assert any("model switch to tiny-sdxl requested by http:127.0.0.1" in r.getMessage() for r in caplog.records)
+    assert any("model tiny-sdxl ready" in r.getMessage() for r in caplog.records)
+    await client.post("/api/v1/models/load", json={"model": "tiny"})
+
+
+def test_json_log_lines_carry_the_fields():
+    stream = io.StringIO()
+    logs.configure("json")
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)
+    try:
+        logging.getLogger("latentbridge.jobs").info("job %s done in %.2f s", "ab" * 16, 1.5,
+                                                    extra={"job_id": "ab" * 16, "event": "done", "seconds": 1.5})
+        logging.getLogger("aiohttp.access").info("not shown: libraries stay at warning")
+    finally:
+        logging.getLogger().handlers[:] = []
+    (line,) = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["message"] == f"job {'ab' * 16} done in 1.50 s" and entry["level"] == "info"
+    assert (entry["job_id"], entry["event"], entry["seconds"]) == ("ab" * 16, "done", 1.5)
+    assert entry["logger"] == "latentbridge.jobs" and entry["time"].endswith("Z")
+
+
+def _png_b64() -> str:
+    import base64
+
+    from server_helpers import png_bytes
+
+    return base64.b64encode(png_bytes()).decode()
