@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..jobs import Job, PreviewFrame
 from ..protocol import (
+    BUILTIN_MODELS,
     PROTOCOL_VERSION,
     CancelledEvent,
     DoneEvent,
@@ -226,7 +227,7 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({
         "current": request.app[ENGINE_KEY].status.model_dump(mode="json"),
         "configured": settings.model,
-        "builtin": ["tiny"],
+        "builtin": list(BUILTIN_MODELS),
         "models": available,
     })
 
