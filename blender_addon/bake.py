@@ -34,15 +34,17 @@ def _texture_size(width: int, height: int) -> tuple[int, int]:
 
 
 def rasterize_uv_steps(
-    triangles: np.ndarray, width: int, height: int, *, candidates_per_step: int = 1 << 20
+    triangles: np.ndarray, width: int, height: int, *, rows_per_step: int = 1 << 18
 ) -> Generator[None, None, np.ndarray]:
-    """Island mask (height, width) bool of UV triangles (T, 3, 2); one slice per
-    ~`candidates_per_step` candidate texels. UVs outside [0, 1] wrap, as a repeating texture."""
+    """Island mask (height, width) bool of UV triangles (T, 3, 2): texels whose centre lies in
+    (or on the edge of) a triangle. Scanline spans: each (triangle, texel row) pair gives the
+    span of texel centres it covers, marked with +1/-1 in a difference array, then summed along
+    the rows — the cost grows with triangles × rows, not with their area. One slice per
+    `rows_per_step` pairs. UVs outside [0, 1] wrap, as a repeating texture."""
     width, height = _texture_size(width, height)
     tri = np.asarray(triangles, dtype=np.float64)
     if tri.ndim != 3 or tri.shape[1:] != (3, 2):
         raise ProjectionError(f"UV triangles must be a (count, 3, 2) array, got shape {tri.shape}")
-    mask = np.zeros(height * width, bool)
     tri = tri[np.isfinite(tri).all(axis=(1, 2))]
     # Each triangle into the base tile by its lowest corner (a repeating texture), then into
     # texel-centre coordinates: texel (r, c) has its centre at (c, r).
@@ -50,34 +52,45 @@ def rasterize_uv_steps(
     x = tri[:, :, 0] * width - 0.5
     y = (1.0 - tri[:, :, 1]) * height - 0.5
     area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
-    x_lo, x_hi = np.ceil(x.min(axis=1)).astype(np.int64), np.floor(x.max(axis=1)).astype(np.int64)
-    y_lo, y_hi = np.ceil(y.min(axis=1)).astype(np.int64), np.floor(y.max(axis=1)).astype(np.int64)
-    nx, ny = x_hi - x_lo + 1, y_hi - y_lo + 1
-    live = np.nonzero((np.abs(area2) > 1e-12) & (nx > 0) & (ny > 0))[0]
-    # Work items are (triangle, bounding-box row) pairs, grouped into slices by candidate count.
+    eps = 1e-6  # texels: centres on an edge count as inside, so shared edges leave no cracks
+    y_lo = np.ceil(y.min(axis=1) - eps).astype(np.int64)
+    ny = np.floor(y.max(axis=1) + eps).astype(np.int64) - y_lo + 1
+    live = np.nonzero((np.abs(area2) > 1e-12) & (ny > 0))[0]
     item_tri = np.repeat(live, ny[live])
     item_row = np.arange(len(item_tri)) - np.repeat(np.cumsum(ny[live]) - ny[live], ny[live]) + y_lo[item_tri]
-    item_n = nx[item_tri]
-    ends = np.cumsum(item_n)
-    start = 0
-    while start < len(item_tri):
-        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + candidates_per_step, side="right")))
-        t, row, n = item_tri[start:stop], item_row[start:stop], item_n[start:stop]
-        t = np.repeat(t, n)
-        py = np.repeat(row, n).astype(np.float64)
-        px = (np.arange(len(t)) - np.repeat(np.cumsum(n) - n, n) + x_lo[t]).astype(np.float64)
-        xs, ys, a = x[t], y[t], area2[t]
-        inside = np.ones(len(t), bool)
-        tolerance = 1e-7 * np.abs(a)
-        for i, j in ((1, 2), (2, 0), (0, 1)):
-            edge = (xs[:, i] - px) * (ys[:, j] - py) - (xs[:, j] - px) * (ys[:, i] - py)
-            inside &= edge * np.sign(a) >= -tolerance
-        cols = px[inside].astype(np.int64) % width
-        rows = py[inside].astype(np.int64) % height
-        mask[rows * width + cols] = True
-        start = stop
+    diff = np.zeros((height, width + 1), np.int32)
+    for start in range(0, len(item_tri), rows_per_step):
+        t, row = item_tri[start : start + rows_per_step], item_row[start : start + rows_per_step]
+        xs, ys, py = x[t], y[t], row.astype(np.float64)[:, None]
+        lo = np.full(len(t), np.inf)
+        hi = np.full(len(t), -np.inf)
+        for i, j in ((0, 1), (1, 2), (2, 0)):
+            xi, yi, xj, yj = xs[:, i : i + 1], ys[:, i : i + 1], xs[:, j : j + 1], ys[:, j : j + 1]
+            dy = yj - yi
+            crosses = ((py >= np.minimum(yi, yj) - eps) & (py <= np.maximum(yi, yj) + eps))[:, 0]
+            flat = np.abs(dy[:, 0]) < 1e-12
+            with np.errstate(invalid="ignore", divide="ignore"):
+                at = np.clip(np.where(flat[:, None], 0.0, (py - yi) / dy), 0.0, 1.0)
+            xa = (xi + at * (xj - xi))[:, 0]
+            xb = np.where(flat, xj[:, 0], xa)  # a horizontal edge spans both its ends
+            lo = np.where(crosses, np.minimum(lo, np.minimum(xa, xb)), lo)
+            hi = np.where(crosses, np.maximum(hi, np.maximum(xa, xb)), hi)
+        c0 = np.ceil(lo - eps)
+        c1 = np.floor(hi + eps)
+        ok = np.isfinite(c0) & (c1 >= c0)
+        c0, c1, r = c0[ok].astype(np.int64), c1[ok].astype(np.int64), row[ok] % height
+        # Spans wrap around the texture: a full row, or up to two pieces inside [0, width).
+        full = c1 - c0 + 1 >= width
+        a0 = np.where(full, 0, c0 % width)
+        a1 = np.where(full, width - 1, a0 + (c1 - c0))
+        first_end = np.minimum(a1, width - 1)
+        np.add.at(diff, (r, a0), 1)
+        np.add.at(diff, (r, first_end + 1), -1)
+        wraps = a1 >= width
+        np.add.at(diff, (r[wraps], 0), 1)
+        np.add.at(diff, (r[wraps], a1[wraps] - width + 1), -1)
         yield
-    return mask.reshape(height, width)
+    return np.cumsum(diff[:, :width], axis=1) > 0
 
 
 def rasterize_uv(triangles: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -111,10 +124,13 @@ def _neighbours(index: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
     return np.where(ok, ny * width + nx, 0), ok
 
 
-def dilate_steps(texture: np.ndarray, filled: np.ndarray, pixels: int) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
+def dilate_steps(
+    texture: np.ndarray, filled: np.ndarray, pixels: int, *, copy: bool = True
+) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
     """Grow the set texels `pixels` steps outwards (one slice per step); returns the new
-    (texture, filled). After k steps every texel within chessboard distance k is set."""
-    tex = np.array(texture, dtype=np.float32)
+    (texture, filled). After k steps every texel within chessboard distance k is set.
+    With copy=False a float32 texture is updated in place."""
+    tex = np.array(texture, dtype=np.float32, copy=copy)
     if tex.ndim == 2:
         tex = tex[:, :, None]
     height, width, channels = tex.shape
@@ -126,6 +142,7 @@ def dilate_steps(texture: np.ndarray, filled: np.ndarray, pixels: int) -> Genera
     flat = tex.reshape(-1, channels)
     have = have.reshape(-1).copy()
     frontier = np.nonzero((_dilate8(have.reshape(height, width)) & ~have.reshape(height, width)).reshape(-1))[0]
+    yield
     for _ in range(pixels):
         if frontier.size == 0:
             break
@@ -145,36 +162,45 @@ def dilate(texture: np.ndarray, filled: np.ndarray, pixels: int) -> tuple[np.nda
     return run(dilate_steps(texture, filled, pixels))
 
 
-def _downsample(color: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One push step: 2×2 weighted mean colour and summed (clamped to 1) weight."""
+def _downsample_rows(color: np.ndarray, weight: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+    """One push step for coarse rows [r0, r1): 2×2 weighted mean colour and summed weight
+    (clamped to 1); a missing last row/column (odd sizes) counts as weight 0."""
     h, w = weight.shape
-    if h % 2 or w % 2:  # pad with zero weight
-        color = np.pad(color, ((0, h % 2), (0, w % 2), (0, 0)))
-        weight = np.pad(weight, ((0, h % 2), (0, w % 2)))
-        h, w = weight.shape
-    wc = (color * weight[:, :, None]).reshape(h // 2, 2, w // 2, 2, -1).sum(axis=(1, 3))
-    ws = weight.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
+    rows = slice(2 * r0, min(h, 2 * r1))
+    c, wt = color[rows], weight[rows]
+    if c.shape[0] % 2 or w % 2:
+        c = np.pad(c, ((0, c.shape[0] % 2), (0, w % 2), (0, 0)))
+        wt = np.pad(wt, ((0, wt.shape[0] % 2), (0, w % 2)))
+    pc = c * wt[:, :, None]
+    wsum = wt[0::2, 0::2] + wt[1::2, 0::2] + wt[0::2, 1::2] + wt[1::2, 1::2]
+    csum = pc[0::2, 0::2] + pc[1::2, 0::2] + pc[0::2, 1::2] + pc[1::2, 1::2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ws[:, :, None] > 0, wc / ws[:, :, None], 0.0).astype(np.float32)
-    return mean, np.minimum(ws, 1.0).astype(np.float32)
+        mean = np.where(wsum[:, :, None] > 0, csum / wsum[:, :, None], 0.0).astype(np.float32)
+    return mean, np.minimum(wsum, 1.0).astype(np.float32)
 
 
 def _upsample_rows(coarse: np.ndarray, height: int, width: int, r0: int, r1: int) -> np.ndarray:
-    """Rows [r0, r1) of the bilinear 2× upsampling of `coarse` to (height, width)."""
+    """Fine rows [r0, r1) (r0 even) of the bilinear 2× upsampling of `coarse` to (height, width):
+    fine texel 2k sits a quarter texel before coarse texel k, 2k+1 a quarter after."""
     ch, cw = coarse.shape[:2]
-    y = np.arange(r0, r1) / 2.0 - 0.25
-    x = np.arange(width) / 2.0 - 0.25
-    y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
-    ty, tx = (y - y0)[:, None, None], (x - x0)[None, :, None]
-    ya, yb = np.clip(y0, 0, ch - 1), np.clip(y0 + 1, 0, ch - 1)
-    xa, xb = np.clip(x0, 0, cw - 1), np.clip(x0 + 1, 0, cw - 1)
-    rows = coarse[ya] * (1 - ty) + coarse[yb] * ty
-    return rows[:, xa] * (1 - tx) + rows[:, xb] * tx
+    k = np.arange(r0 // 2, (r1 + 1) // 2)
+    here = coarse[k]
+    rows = np.empty((2 * len(k),) + coarse.shape[1:], np.float32)
+    rows[0::2] = 0.75 * here + 0.25 * coarse[np.maximum(k - 1, 0)]
+    rows[1::2] = 0.75 * here + 0.25 * coarse[np.minimum(k + 1, ch - 1)]
+    rows = rows[: r1 - r0]
+    left = np.concatenate([rows[:, :1], rows[:, :-1]], axis=1)
+    right = np.concatenate([rows[:, 1:], rows[:, -1:]], axis=1)
+    out = np.empty((rows.shape[0], 2 * cw) + coarse.shape[2:], np.float32)
+    out[:, 0::2] = 0.75 * rows + 0.25 * left
+    out[:, 1::2] = 0.75 * rows + 0.25 * right
+    return out[:, :width]
 
 
-def push_pull_steps(values: np.ndarray, known: np.ndarray, *, rows_per_step: int = 256) -> Generator[None, None, np.ndarray]:
+def push_pull_steps(values: np.ndarray, known: np.ndarray, *, rows_per_step: int = 128) -> Generator[None, None, np.ndarray]:
     """Every texel filled from the known ones at all scales; known texels keep their values.
-    Returns (height, width, C) float32 (zeros when nothing is known)."""
+    Returns (height, width, C) float32 (zeros when nothing is known). One slice per band of
+    `rows_per_step` rows on the large levels."""
     color = np.asarray(values, dtype=np.float32)
     if color.ndim == 2:
         color = color[:, :, None]
@@ -182,23 +208,31 @@ def push_pull_steps(values: np.ndarray, known: np.ndarray, *, rows_per_step: int
     if weight.shape != color.shape[:2]:
         raise ProjectionError(f"known mask must have the texture's shape {color.shape[:2]}")
     weight = np.clip(weight, 0.0, 1.0)
+    yield
+    step = max(2, rows_per_step - rows_per_step % 2)
     levels = [(color, weight)]
     while levels[-1][1].shape[0] > 1 or levels[-1][1].shape[1] > 1:
-        levels.append(_downsample(*levels[-1]))
-        yield
+        fine_color, fine_weight = levels[-1]
+        h, w = fine_weight.shape
+        ch, cw = (h + 1) // 2, (w + 1) // 2
+        mean = np.empty((ch, cw, color.shape[2]), np.float32)
+        wsum = np.empty((ch, cw), np.float32)
+        for r0 in range(0, ch, step // 2):
+            r1 = min(ch, r0 + step // 2)
+            mean[r0:r1], wsum[r0:r1] = _downsample_rows(fine_color, fine_weight, r0, r1)
+            yield
+        levels.append((mean, wsum))
     if not levels[-1][1].any():
         return np.zeros_like(color)
     result = levels[-1][0]
     for level_color, level_weight in reversed(levels[:-1]):
         h, w = level_weight.shape
         out = np.empty_like(level_color)
-        for r0 in range(0, h, rows_per_step):
-            r1 = min(h, r0 + rows_per_step)
-            up = _upsample_rows(result, h, w, r0, r1)
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
             wgt = level_weight[r0:r1, :, None]
-            out[r0:r1] = wgt * level_color[r0:r1] + (1.0 - wgt) * up
-            if h * w > rows_per_step * 2048:
-                yield
+            out[r0:r1] = wgt * level_color[r0:r1] + (1.0 - wgt) * _upsample_rows(result, h, w, r0, r1)
+            yield
         result = out
     return result
 
@@ -215,6 +249,13 @@ class BakeResult:
     island: np.ndarray  # texels inside a UV island
     unseen: np.ndarray  # island texels no view painted (filled, or to inpaint in UV space)
     margin: np.ndarray  # texels set by the margin dilation (outside islands)
+
+
+def _copy_where(target: np.ndarray, source: np.ndarray, where: np.ndarray, rows_per_step: int = 256) -> Generator[None, None, None]:
+    for r0 in range(0, target.shape[0], rows_per_step):
+        rows = slice(r0, r0 + rows_per_step)
+        np.copyto(target[rows], source[rows], where=where[rows, :, None])
+        yield
 
 
 def finish_steps(
@@ -241,15 +282,20 @@ def finish_steps(
         raise ProjectionError(f"seen and island masks must have the texture's shape {shape}")
     unseen = island & ~seen
     have = seen.copy()
-    if fill and unseen.any() and seen.any():
-        filled = yield from push_pull_steps(tex, seen)
-        tex[unseen] = filled[unseen]
+    yield
+    # One smooth fill from the painted texels serves both the unseen island texels and the
+    # background beyond the margins.
+    fill = fill and bool(unseen.any())
+    smooth = None
+    if (fill or fill_background) and seen.any():
+        smooth = yield from push_pull_steps(tex, seen)
+    if fill and smooth is not None:
+        yield from _copy_where(tex, smooth, unseen)
         have |= island
-    tex, grown = yield from dilate_steps(tex, have, margin_px)
+    tex, grown = yield from dilate_steps(tex, have, margin_px, copy=False)
     margin = grown & ~have & ~island
-    if fill_background and not grown.all() and grown.any():
-        filled = yield from push_pull_steps(tex, grown)
-        tex[~grown] = filled[~grown]
+    if fill_background and smooth is not None:
+        yield from _copy_where(tex, smooth, ~grown)
     return BakeResult(texture=tex, island=island, unseen=unseen, margin=margin)
 
 

@@ -161,6 +161,17 @@ def _discontinuities(cov: np.ndarray, depth: np.ndarray, obj: np.ndarray | None,
     return out
 
 
+def _facing(normal: np.ndarray, camera: ViewCamera, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-(n · ray) for camera-space normals (h, w, 3) at pixel centres x (1, w), y (h, 1)."""
+    n = normal.astype(np.float64)
+    if camera.kind == "ORTHO":
+        return n[..., 2]  # every ray is (0, 0, -1)
+    cx, cy = camera.principal_point
+    a = (x - cx) / camera.focal_pixels
+    b = -(y - cy) / camera.focal_pixels
+    return (n[..., 2] - n[..., 0] * a - n[..., 1] * b) / np.sqrt(a * a + b * b + 1.0)
+
+
 def _check_camera(surface: ViewSurface, camera: ViewCamera) -> None:
     if (camera.height, camera.width) != surface.shape:
         raise ProjectionError(
@@ -197,19 +208,20 @@ def view_weights(
     if not 0 <= r0 <= r1 <= h:
         raise ProjectionError(f"rows {r0}..{r1} outside the uv render's {h} rows")
     cov = surface.coverage[r0:r1]
-    xy = camera.pixel_centers(slice(r0, r1))
+    x = np.arange(w, dtype=np.float64)[None, :] + 0.5  # pixel centres, broadcast over the rows
+    y = np.arange(r0, r1, dtype=np.float64)[:, None] + 0.5
     # Facing term: cosine between the normal and the ray back to the camera.
     if surface.facing is not None:
         facing = surface.facing[r0:r1].astype(np.float64)
     else:
-        facing = -np.einsum("ijk,ijk->ij", surface.normal[r0:r1].astype(np.float64), camera.camera_rays(xy))
+        facing = _facing(surface.normal[r0:r1], camera, x, y)
     facing = np.clip(np.nan_to_num(facing, nan=0.0), 0.0, 1.0)
     weight = np.where(facing >= max(options.min_facing, 1e-12), facing ** options.facing_power, 0.0)
     # Border falloff, measured in the generated image.
     if options.border > 0:
         iw, ih = w / scale, h / scale
-        x, y = xy[..., 0] / scale, xy[..., 1] / scale
-        to_border = np.minimum(np.minimum(x, iw - x), np.minimum(y, ih - y))
+        xi, yi = x / scale, y / scale
+        to_border = np.minimum(np.minimum(xi, iw - xi), np.minimum(yi, ih - yi))
         weight *= _smoothstep(to_border / (options.border * min(iw, ih)))
     # Discontinuity falloff: computed on the rows plus a halo, so slices agree with one pass.
     ramp = options.edge_px * scale
@@ -228,17 +240,18 @@ def view_weights(
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of an (h, w, C) image at pixel coordinates x, y (centres at +0.5),
     clamped at the borders."""
-    h, w = image.shape[:2]
-    fx, fy = np.asarray(x, np.float64) - 0.5, np.asarray(y, np.float64) - 0.5
+    h, w, channels = image.shape
+    flat = image.reshape(-1, channels)
+    fx, fy = np.asarray(x, np.float32) - 0.5, np.asarray(y, np.float32) - 0.5
     x0, y0 = np.floor(fx), np.floor(fy)
     tx, ty = (fx - x0)[:, None], (fy - y0)[:, None]
     x0 = x0.astype(np.int64)
     y0 = y0.astype(np.int64)
     xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
-    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
-    top = image[ya, xa] * (1 - tx) + image[ya, xb] * tx
-    bottom = image[yb, xa] * (1 - tx) + image[yb, xb] * tx
-    return (top * (1 - ty) + bottom * ty).astype(np.float32)
+    ya, yb = np.clip(y0, 0, h - 1) * w, np.clip(y0 + 1, 0, h - 1) * w
+    top = flat[ya + xa] * (1 - tx) + flat[ya + xb] * tx
+    bottom = flat[yb + xa] * (1 - tx) + flat[yb + xb] * tx
+    return top * (1 - ty) + bottom * ty
 
 
 def texel_taps(uv: np.ndarray, width: int, height: int, kernel: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
@@ -255,19 +268,20 @@ def texel_taps(uv: np.ndarray, width: int, height: int, kernel: str = "bilinear"
     fx, fy = x - x0, y - y0
     x0 = x0.astype(np.int64)
     y0 = y0.astype(np.int64)
-    xs = np.stack([x0, x0 + 1, x0, x0 + 1], axis=1) % width
-    ys = np.stack([y0, y0, y0 + 1, y0 + 1], axis=1) % height
+    xa, xb = x0 % width, (x0 + 1) % width
+    ya, yb = (y0 % height) * width, ((y0 + 1) % height) * width
+    index = np.stack([ya + xa, ya + xb, yb + xa, yb + xb], axis=1)
     weights = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
-    return ys * width + xs, weights.astype(np.float32)
+    return index, weights.astype(np.float32)
 
 
 @dataclass
 class Samples:
-    """One slice of a view's scatter: flat texel index, weight and colour of every tap."""
+    """One slice of a view's scatter: per pixel its colour and k texel taps (index, weight)."""
 
-    index: np.ndarray  # (M,) int64
-    weight: np.ndarray  # (M,) float32
-    color: np.ndarray  # (M, C) float32
+    index: np.ndarray  # (N, k) int64 flat texel indices
+    weight: np.ndarray  # (N, k) float32 tap weight × pixel weight (0 for taps outside islands)
+    color: np.ndarray  # (N, C) float32
 
 
 def view_samples(
@@ -282,27 +296,26 @@ def view_samples(
     rows: tuple[int, int] | None = None,
 ) -> Samples:
     """The taps one view contributes to a (width, height) texture, for rows [r0, r1) of its uv
-    render. With `island` (texture-shaped bool), taps outside UV islands are dropped."""
+    render. With `island` (texture-shaped bool), taps outside UV islands get weight 0."""
     img = _image(image)
-    ih, iw = img.shape[:2]
+    ih, iw, channels = img.shape
     h, w = surface.shape
     tw, th = texture_size
     weight = view_weights(surface, camera, options, image_size=(iw, ih), rows=rows)
     r0 = rows[0] if rows is not None else 0
     ys, xs = np.nonzero(weight)
-    if len(ys) == 0:
-        return Samples(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, img.shape[2]), np.float32))
     pixel_weight = weight[ys, xs]
     ys_full = ys + r0
     uv = surface.uv[ys_full, xs]
-    color = sample_bilinear(img, (xs + 0.5) * iw / w, (ys_full + 0.5) * ih / h)
+    if (iw, ih) == (w, h):  # pixel centres coincide: no interpolation
+        color = img.reshape(-1, channels)[ys_full * iw + xs]
+    else:
+        color = sample_bilinear(img, (xs + 0.5) * (iw / w), (ys_full + 0.5) * (ih / h))
     index, tap = texel_taps(uv, tw, th, kernel)
-    tap = tap * pixel_weight[:, None]
+    tap *= pixel_weight[:, None]
     if island is not None:
         tap *= np.asarray(island, bool).reshape(-1)[index]
-    keep = tap.reshape(-1) > 0
-    k = index.shape[1]
-    return Samples(index.reshape(-1)[keep], tap.reshape(-1)[keep], np.repeat(color, k, axis=0)[keep])
+    return Samples(index, tap, color.astype(np.float32, copy=False))
 
 
 @dataclass
@@ -324,9 +337,10 @@ class Accumulator:
     def add(self, samples: Samples) -> None:
         if samples.color.shape[1] != self.channels:
             raise ProjectionError(f"the image has {samples.color.shape[1]} channels, the texture {self.channels}")
-        np.add.at(self.weight_sum, samples.index, samples.weight)
+        index = samples.index.reshape(-1)
+        np.add.at(self.weight_sum, index, samples.weight.reshape(-1))
         for c in range(self.channels):
-            np.add.at(self.color_sum[c], samples.index, samples.weight * samples.color[:, c])
+            np.add.at(self.color_sum[c], index, (samples.weight * samples.color[:, c : c + 1]).reshape(-1))
 
     def add_view_steps(
         self,
@@ -380,7 +394,7 @@ def texel_weight_map(samples: list[Samples] | Samples, width: int, height: int) 
         samples = [samples]
     total = np.zeros(width * height, np.float64)
     for s in samples:
-        total += np.bincount(s.index, s.weight.astype(np.float64), minlength=width * height)
+        total += np.bincount(s.index.reshape(-1), s.weight.reshape(-1).astype(np.float64), minlength=width * height)
     return total.reshape(height, width)
 
 
