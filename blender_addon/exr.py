@@ -102,8 +102,9 @@ def read_exr(data: bytes) -> dict[str, np.ndarray]:
             raise ExrError("an EXR chunk belongs to another part")
         if (sizes != row_bytes).any() or sorted(ys.tolist()) != list(range(height)):
             raise ExrError("unexpected EXR scanline layout (compressed or damaged)")
-        rows = buffer[(starts[:, None] + lead + 8 + np.arange(row_bytes)).reshape(-1)].reshape(height, row_bytes)
-        rows = rows[np.argsort(ys)]
+        rows = np.empty((height, row_bytes), np.uint8)
+        for y, start in zip(ys.tolist(), (starts + lead + 8).tolist()):
+            rows[y] = buffer[start : start + row_bytes]
         col = 0
         for name, dtype in channels:
             n = width * dtype.itemsize

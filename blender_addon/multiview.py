@@ -8,6 +8,9 @@
         texture, seen = bake.texture()                     # the partial texture, for live display
     result = run(bake.finish_steps(margin_px=16))          # fill + dilate: the texture to pack
 
+`tile_views` / `split_views` pack per-view images (control maps, init images, masks) into one
+grid image and back, for generating all views at once.
+
 Every `*_steps` generator does bounded slices, so the add-on can drive it from a timer with
 `slices.Sliced` or run it whole in a worker thread with `slices.run`.
 """
@@ -15,6 +18,8 @@ Every `*_steps` generator does bounded slices, so the add-on can drive it from a
 from __future__ import annotations
 
 from typing import Generator, Iterable
+
+import math
 
 import numpy as np
 
@@ -101,3 +106,38 @@ def bake_steps(
     for image, surface, camera in views:
         yield from bake.add_view_steps(image, surface, camera, rows_per_step=rows_per_step)
     return (yield from bake.finish_steps(margin_px=margin_px, fill=fill))
+
+
+def grid_layout(count: int) -> tuple[int, int]:
+    """(rows, columns) of the most square grid that holds `count` views, wider than tall."""
+    if count < 1:
+        raise ProjectionError("a grid needs at least one view")
+    cols = math.ceil(math.sqrt(count))
+    return math.ceil(count / cols), cols
+
+
+def tile_views(images: list[np.ndarray], fill: float = 0.0) -> np.ndarray:
+    """Equally sized (h, w[, C]) view images in one grid image, row by row, left to right;
+    unused cells hold `fill`."""
+    if not images:
+        raise ProjectionError("no views to tile")
+    first = np.asarray(images[0])
+    if any(np.shape(im) != first.shape for im in images):
+        raise ProjectionError("all views in a grid must have the same size")
+    rows, cols = grid_layout(len(images))
+    h, w = first.shape[:2]
+    grid = np.full((rows * h, cols * w) + first.shape[2:], fill, dtype=first.dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = image
+    return grid
+
+
+def split_views(grid: np.ndarray, count: int) -> list[np.ndarray]:
+    """The `count` view images of a grid made by `tile_views` (or generated in its layout)."""
+    rows, cols = grid_layout(count)
+    grid = np.asarray(grid)
+    if grid.shape[0] % rows or grid.shape[1] % cols:
+        raise ProjectionError(f"a {grid.shape[1]}×{grid.shape[0]} grid does not split into {rows}×{cols} equal views")
+    h, w = grid.shape[0] // rows, grid.shape[1] // cols
+    return [grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w].copy() for i in range(count)]

@@ -8,7 +8,9 @@ an Image Texture node reads by default — and the Z and Normal passes on. The r
 an uncompressed multilayer EXR (float, no view transform) and read with `exr.read_exr`: exact
 UVs, planar depth and world normals from ONE render, no colour management in the way. Target
 objects are numbered through `pass_index` for the render only; other objects still occlude.
-Everything the render changes is put back afterwards.
+Several views render in one session (`render_uv_steps`), with persistent data on so Blender
+syncs the scene once and only the camera changes between views. Everything the render changes
+is put back afterwards.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def uv_material() -> bpy.types.Material:
     emission = tree.nodes.new("ShaderNodeEmission")
     output = tree.nodes.new("ShaderNodeOutputMaterial")
     emission.inputs["Strength"].default_value = 1.0
+    material.cycles.emission_sampling = "NONE"  # not a light: no light tree over every triangle
     tree.links.new(coords.outputs["UV"], split.inputs["Vector"])
     tree.links.new(split.outputs["X"], join.inputs["X"])
     tree.links.new(split.outputs["Y"], join.inputs["Y"])
@@ -79,55 +82,64 @@ def _view_layer(scene: bpy.types.Scene) -> bpy.types.ViewLayer:
     return layer if layer is not None and scene.view_layers.get(layer.name) == layer else scene.view_layers[0]
 
 
-def _render_settings(scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int) -> list[tuple[Any, str, Any]]:
+def _render_settings(scene: bpy.types.Scene, width: int, height: int, persistent: bool) -> list[tuple[Any, str, Any]]:
     render, cycles, view = scene.render, scene.cycles, scene.view_settings
-    settings: list[tuple[Any, str, Any]] = [
-        (scene, "camera", camera),
+    return [
         (render, "engine", "CYCLES"),
         (render, "resolution_x", width), (render, "resolution_y", height), (render, "resolution_percentage", 100),
         (render, "pixel_aspect_x", 1.0), (render, "pixel_aspect_y", 1.0),
         (render, "use_border", False), (render, "film_transparent", True), (render, "use_motion_blur", False),
         (render, "use_compositing", False), (render, "use_sequencer", False), (render, "use_single_layer", True),
+        # Between the views of one session only the camera changes: Blender keeps the synced
+        # scene (and evaluated modifiers) instead of rebuilding it for every view.
+        (render, "use_persistent_data", persistent or render.use_persistent_data),
         (cycles, "samples", 1), (cycles, "use_denoising", False), (cycles, "use_adaptive_sampling", False),
         (cycles, "pixel_filter_type", "BOX"), (cycles, "filter_width", 0.01), (cycles, "max_bounces", 0),
         (view, "view_transform", "Raw"), (view, "look", "None"), (view, "exposure", 0.0), (view, "gamma", 1.0),
     ]
-    if camera.data.dof.use_dof:
-        settings.append((camera.data.dof, "use_dof", False))
-    return settings
 
 
-def render_channels(
-    scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int, *, material: bpy.types.Material | None = None,
-    extra: list[tuple[Any, str, Any]] | None = None,
-) -> dict[str, np.ndarray]:
-    """One exact Cycles render (1 sample, no filter, no view transform) of the active view
-    layer with Combined, Z and Normal: {"combined": (h, w, 4), "depth": (h, w), "normal":
-    (h, w, 3) world space}, top row first. `material` overrides every object's material."""
-    if camera is None or camera.type != "CAMERA":
-        raise CaptureError("Projection needs a camera object for every view")
+@contextlib.contextmanager
+def render_session(
+    scene: bpy.types.Scene, width: int, height: int, *, material: bpy.types.Material | None = None,
+    extra: list[tuple[Any, str, Any]] | None = None, persistent: bool = False,
+) -> Iterator[Any]:
+    """Exact-render settings applied for a block of renders: Cycles, 1 sample, near-zero box
+    filter, no view transform, transparent film, Combined + Z + Normal of the active view layer,
+    `material` overriding every object's material. Yields `render(camera)` → channels (see
+    `render_channels`). Everything is put back on exit."""
     layer = _view_layer(scene)
-    settings = _render_settings(scene, camera, width, height) + [
-        (layer, "material_override", material), (layer, "use_pass_z", True), (layer, "use_pass_normal", True),
+    settings = _render_settings(scene, width, height, persistent) + [
+        (scene, "camera", scene.camera), (layer, "material_override", material),
+        (layer, "use_pass_z", True), (layer, "use_pass_normal", True),
     ] + list(extra or [])
     fd, path = tempfile.mkstemp(prefix="latentbridge-uv-", suffix=".exr")
     os.close(fd)
+
+    def render(camera: bpy.types.Object) -> dict[str, np.ndarray]:
+        if camera is None or camera.type != "CAMERA":
+            raise CaptureError("Projection needs a camera object for every view")
+        scene.camera = camera
+        with temporarily(*([(camera.data.dof, "use_dof", False)] if camera.data.dof.use_dof else [])):
+            bpy.ops.render.render(write_still=False, scene=scene.name)
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise CaptureError("Rendering produced no result")
+        result.save_render(filepath=path, scene=scene)
+        with open(path, "rb") as f:
+            return _passes(exr.read_exr(f.read()), layer.name)
+
     try:
         with temporarily(*settings), _exr_output(scene):
-            bpy.ops.render.render(write_still=False, scene=scene.name)
-            result = bpy.data.images.get("Render Result")
-            if result is None:
-                raise CaptureError("Rendering produced no result")
-            result.save_render(filepath=path, scene=scene)
-        with open(path, "rb") as f:
-            channels = exr.read_exr(f.read())
+            yield render
     finally:
         with contextlib.suppress(OSError):
             os.remove(path)
-    prefix = f"{layer.name}."
 
+
+def _passes(channels: dict[str, np.ndarray], layer: str) -> dict[str, np.ndarray]:
     def get(name: str) -> np.ndarray:
-        found = channels.get(prefix + name)
+        found = channels.get(f"{layer}.{name}")
         if found is None:
             raise CaptureError(f"the render has no {name} pass")
         return found
@@ -137,6 +149,15 @@ def render_channels(
         "depth": get("Depth.Z"),
         "normal": np.stack([get(f"Normal.{c}") for c in "XYZ"], axis=-1),
     }
+
+
+def render_channels(
+    scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int, *, material: bpy.types.Material | None = None,
+) -> dict[str, np.ndarray]:
+    """One exact render: {"combined": (h, w, 4) linear, "depth": (h, w) planar, "normal":
+    (h, w, 3) world space}, top row first."""
+    with render_session(scene, width, height, material=material) as render:
+        return render(camera)
 
 
 def view_camera(camera: bpy.types.Object, width: int, height: int) -> ViewCamera:
@@ -153,26 +174,50 @@ def view_camera(camera: bpy.types.Object, width: int, height: int) -> ViewCamera
     )
 
 
-def render_uv(
-    scene: bpy.types.Scene, objects: list[bpy.types.Object], camera: bpy.types.Object, width: int, height: int
-) -> tuple[ViewSurface, ViewCamera]:
-    """The UV render of a view: (surface, its camera). surface.object_index is the position of
-    the object in `objects` (-1: background or another object, which still occludes)."""
+def _targets(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> tuple[list[bpy.types.Object], list[tuple[Any, str, Any]]]:
     targets = [o for o in objects if o.type == "MESH"]
     if not targets:
         raise CaptureError("Select the mesh objects to texture first")
     numbers = {o.name: i + 1 for i, o in enumerate(targets)}
-    extra = [(o, "pass_index", numbers.get(o.name, 0)) for o in scene.objects]
-    channels = render_channels(scene, camera, width, height, material=uv_material(), extra=extra)
+    return targets, [(o, "pass_index", numbers.get(o.name, 0)) for o in scene.objects]
+
+
+def _surface(channels: dict[str, np.ndarray], count: int, camera: ViewCamera) -> ViewSurface:
     combined = channels["combined"]
     index = np.rint(combined[..., 2]).astype(np.int32) - 1
-    coverage = (combined[..., 3] > 0.5) & (index >= 0) & (index < len(targets))
-    cam = view_camera(camera, width, height)
-    surface = ViewSurface(
+    coverage = (combined[..., 3] > 0.5) & (index >= 0) & (index < count)
+    return ViewSurface(
         uv=combined[..., :2], coverage=coverage, depth=channels["depth"],
-        normal=cam.normals_to_camera(channels["normal"]), object_index=np.where(coverage, index, -1),
+        normal=camera.normals_to_camera(channels["normal"]), object_index=np.where(coverage, index, -1),
     )
-    return surface, cam
+
+
+def render_uv_steps(
+    scene: bpy.types.Scene, objects: list[bpy.types.Object], cameras: list[bpy.types.Object], width: int, height: int
+) -> Iterator[tuple[ViewSurface, ViewCamera]]:
+    """UV renders of several views in one render session (the scene is synced once): yields
+    (surface, camera) per view; the scene's settings stay changed until the generator ends or
+    is closed. surface.object_index is the position of the object in `objects` (-1:
+    background or another object, which still occludes)."""
+    targets, extra = _targets(scene, objects)
+    with render_session(scene, width, height, material=uv_material(), extra=extra, persistent=len(cameras) > 1) as render:
+        for camera in cameras:
+            channels = render(camera)
+            view = view_camera(camera, width, height)
+            yield _surface(channels, len(targets), view), view
+
+
+def render_uv_views(
+    scene: bpy.types.Scene, objects: list[bpy.types.Object], cameras: list[bpy.types.Object], width: int, height: int
+) -> list[tuple[ViewSurface, ViewCamera]]:
+    return list(render_uv_steps(scene, objects, cameras, width, height))
+
+
+def render_uv(
+    scene: bpy.types.Scene, objects: list[bpy.types.Object], camera: bpy.types.Object, width: int, height: int
+) -> tuple[ViewSurface, ViewCamera]:
+    """The UV render of one view: (surface, its camera)."""
+    return render_uv_views(scene, objects, [camera], width, height)[0]
 
 
 def ensure_view_cameras(scene: bpy.types.Scene, cameras: list[ViewCamera], prefix: str = VIEW_PREFIX) -> list[bpy.types.Object]:

@@ -144,11 +144,46 @@ def test_uv_render_puts_the_scene_back(uv_render, empty):
     def state():
         return (scene.camera.name, scene.render.engine, scene.render.resolution_x, scene.render.film_transparent,
                 s.file_format, getattr(s, "media_type", None), s.color_depth, scene.view_settings.view_transform,
-                layer.material_override, layer.use_pass_z, layer.use_pass_normal, cube.pass_index, scene.cycles.samples)
+                layer.material_override, layer.use_pass_z, layer.use_pass_normal, cube.pass_index, scene.cycles.samples,
+                scene.render.use_persistent_data, cam.data.dof.use_dof)
 
+    cam.data.dof.use_dof = True
     before = state()
     uv_render.render_uv(scene, [cube], cam, 32, 32)
     assert state() == before
+    steps = uv_render.render_uv_steps(scene, [cube], [cam, cam], 32, 32)
+    next(steps)
+    assert scene.render.use_persistent_data and scene.render.engine == "CYCLES"  # mid-session
+    steps.close()  # a caller that stops early still gets its scene back
+    assert state() == before
+
+
+def test_a_session_of_views_equals_single_renders(uv_render, empty):
+    scene = empty
+    cube = _cube(scene)
+    auto = views.orbit_views((0, 0, 0), 3 ** 0.5, 3, width=40, height=40)
+    cams = uv_render.ensure_view_cameras(scene, auto)
+    batch = uv_render.render_uv_views(scene, [cube], cams, 40, 40)
+    for cam, (surface, camera) in zip(cams, batch):
+        single, _ = uv_render.render_uv(scene, [cube], cam, 40, 40)
+        np.testing.assert_array_equal(surface.coverage, single.coverage)
+        np.testing.assert_array_equal(surface.uv[surface.coverage], single.uv[single.coverage])
+        np.testing.assert_allclose(camera.matrix_world, uv_render.view_camera(cam, 40, 40).matrix_world)
+
+
+def test_uv_render_of_a_plane_matches_ray_plane_intersection(uv_render, empty):
+    scene = empty
+    plane = _plane(scene)
+    view = views.ViewCamera(views.look_at((0.7, -2.2, 1.6), (0, 0, 0)), 80, 64, lens=35.0)
+    cam = _camera(uv_render, scene, view)
+    surface, camera = uv_render.render_uv(scene, [plane], cam, 80, 64)
+    expected = syn.plane_surface(camera)
+    assert (surface.coverage != expected.coverage).sum() <= 0.01 * expected.coverage.sum()
+    both = _interior(surface.coverage) & _interior(expected.coverage)
+    assert both.sum() > 0.3 * 80 * 64
+    assert (np.abs(surface.uv[both] - expected.uv[both]) * 2048).max() < 0.25
+    np.testing.assert_allclose(surface.depth[both], expected.depth[both], rtol=1e-4)
+    np.testing.assert_allclose(surface.normal[both], expected.normal[both], atol=1e-4)
 
 
 def test_view_cameras_for_auto_views_frame_the_objects(uv_render, empty):

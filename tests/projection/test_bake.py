@@ -181,3 +181,18 @@ def test_consistent_views_round_trip():
     assert np.abs(init_b - seen_in_a)[kept].mean() <= 2 / 255
     grown = tb.init_for_view(surface_b, (256, 256), grow_px=3)[1]
     np.testing.assert_array_equal(grown, bake.grow_mask(mask_b > 0, 3).astype(np.float32))
+
+
+def test_views_tile_into_a_grid_and_back():
+    assert [multiview.grid_layout(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [(1, 1), (1, 2), (2, 2), (2, 2), (2, 3), (2, 3), (3, 3)]
+    rng = np.random.default_rng(5)
+    images = [rng.random((24, 32, 3)).astype(np.float32) for _ in range(5)]
+    grid = multiview.tile_views(images, fill=0.5)
+    assert grid.shape == (48, 96, 3)
+    assert (grid[24:, 64:] == 0.5).all()  # the unused sixth cell
+    for a, b in zip(images, multiview.split_views(grid, 5)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(projection.ProjectionError, match="same size"):
+        multiview.tile_views([images[0], images[0][:, :10]])
+    with pytest.raises(projection.ProjectionError, match="does not split"):
+        multiview.split_views(grid[:, :95], 5)
