@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=1024, help="generated view size (px)")
     parser.add_argument("--texture", type=int, default=2048, help="texture size (texels)")
     parser.add_argument("--supersample", type=int, default=1, help="UV render pixels per view pixel")
-    parser.add_argument("--rows", type=int, default=64, help="UV render rows per projection slice")
+    parser.add_argument("--rows", type=int, default=None, help="UV render rows per projection slice (default ~64 k pixels)")
     args = parser.parse_args()
     start = time.perf_counter()
     data = scene(args.views, args.supersample)

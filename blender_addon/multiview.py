@@ -61,7 +61,7 @@ class TextureBake:
             self.island = yield from rasterize_uv_steps(self._triangles, self.width, self.height)
 
     def add_view_steps(
-        self, image: np.ndarray, surface: ViewSurface, camera: ViewCamera, *, rows_per_step: int = 64
+        self, image: np.ndarray, surface: ViewSurface, camera: ViewCamera, *, rows_per_step: int | None = None
     ) -> Generator[None, None, None]:
         yield from self.prepare_steps()
         yield from self.accumulator.add_view_steps(
@@ -98,7 +98,7 @@ def bake_steps(
     uv_triangles: np.ndarray | None = None,
     margin_px: int = 16,
     fill: bool = True,
-    rows_per_step: int = 64,
+    rows_per_step: int | None = None,
     **options: object,
 ) -> Generator[None, None, BakeResult]:
     """Project every (image, surface, camera) view, blend, fill and dilate: the whole bake."""

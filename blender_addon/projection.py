@@ -351,11 +351,12 @@ class Accumulator:
         options: WeightOptions = WeightOptions(),
         island: np.ndarray | None = None,
         kernel: str = "bilinear",
-        rows_per_step: int = 64,
+        rows_per_step: int | None = None,
     ) -> Generator[None, None, None]:
-        """Add one view in slices of `rows_per_step` uv-render rows."""
-        h = surface.shape[0]
-        for r0 in range(0, h, max(1, rows_per_step)):
+        """Add one view in slices of `rows_per_step` uv-render rows (default: ~64 k pixels)."""
+        h, w = surface.shape
+        rows_per_step = max(1, rows_per_step or (1 << 16) // w)
+        for r0 in range(0, h, rows_per_step):
             rows = (r0, min(h, r0 + rows_per_step))
             self.add(view_samples(image, surface, camera, (self.width, self.height), options=options, island=island, kernel=kernel, rows=rows))
             yield

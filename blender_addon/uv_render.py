@@ -16,6 +16,7 @@ is put back afterwards.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from typing import Any, Iterator
@@ -108,6 +109,8 @@ def render_session(
     filter, no view transform, transparent film, Combined + Z + Normal of the active view layer,
     `material` overriding every object's material. Yields `render(camera)` → channels (see
     `render_channels`). Everything is put back on exit."""
+    if not hasattr(scene, "cycles"):
+        raise CaptureError("Projection renders with Cycles: enable the Cycles add-on in Preferences")
     layer = _view_layer(scene)
     settings = _render_settings(scene, width, height, persistent) + [
         (scene, "camera", scene.camera), (layer, "material_override", material),
@@ -276,6 +279,37 @@ def uv_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph | None = 
         uv = np.empty(len(mesh.loops) * 2, np.float32)
         layer.uv.foreach_get("vector", uv)
     return uv.reshape(-1, 2)[loops].reshape(-1, 3, 2)
+
+
+def smart_uv_project(obj: bpy.types.Object, *, angle_limit_deg: float = 66.0, island_margin: float = 0.02) -> None:
+    """Give a mesh a UV map by Smart UV Project (for objects without UVs, on the artist's
+    request); the new map becomes the active and render-active one. Selection, active object
+    and mode are restored."""
+    if obj.type != "MESH":
+        raise ProjectionError(f"“{obj.name}” is not a mesh")
+    layer = bpy.context.view_layer
+    was_active, was_selected, was_mode = layer.objects.active, [o for o in layer.objects if o.select_get()], obj.mode
+    if was_mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    try:
+        for other in was_selected:
+            other.select_set(False)
+        obj.select_set(True)
+        layer.objects.active = obj
+        uv = obj.data.uv_layers.new(name="Latent Bridge UV")
+        obj.data.uv_layers.active = uv
+        uv.active_render = True
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="SELECT")
+        bpy.ops.uv.smart_project(angle_limit=math.radians(angle_limit_deg), island_margin=island_margin)
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        obj.select_set(False)
+        for other in was_selected:
+            other.select_set(True)
+        layer.objects.active = was_active
+        if was_mode != "OBJECT" and was_active is not None:
+            bpy.ops.object.mode_set(mode=was_mode)
 
 
 def world_points(objects: list[bpy.types.Object], depsgraph: bpy.types.Depsgraph | None = None) -> np.ndarray:

@@ -222,6 +222,32 @@ def test_uv_triangles_are_the_meshs_render_uv_map(uv_render, empty):
         uv_render.uv_triangles(bare)
 
 
+def test_smart_uv_project_gives_a_mesh_without_uvs_islands(uv_render, empty):
+    import bmesh
+    import bpy
+
+    scene = empty
+    mesh = bpy.data.meshes.new("Sphere")
+    bm = bmesh.new()
+    bmesh.ops.create_uvsphere(bm, u_segments=16, v_segments=8, radius=1.0)
+    bm.to_mesh(mesh)
+    bm.free()
+    obj = bpy.data.objects.new("Sphere", mesh)
+    scene.collection.objects.link(obj)
+    other = _plane(scene)
+    other.select_set(True)
+    bpy.context.view_layer.objects.active = other
+    assert len(mesh.uv_layers) == 0
+    uv_render.smart_uv_project(obj)
+    assert mesh.uv_layers.active.name == "Latent Bridge UV" and mesh.uv_layers.active.active_render
+    tris = uv_render.uv_triangles(obj)
+    assert tris.min() >= 0 and tris.max() <= 1
+    island = bake_mod.rasterize_uv(tris, 256, 256)
+    assert 0.3 < island.mean() < 0.95
+    assert bpy.context.view_layer.objects.active == other and other.select_get() and not obj.select_get()
+    assert obj.mode == "OBJECT"
+
+
 def test_write_texture_is_top_row_first_and_exact(uv_render, empty):
     pixels = np.random.default_rng(0).random((48, 64, 3)).astype(np.float32)
     image = uv_render.write_texture("LB test texture", pixels, colorspace="Non-Color", float_buffer=True)
