@@ -55,22 +55,26 @@ def _is_diffusers_folder(path: Path) -> bool:
                for f in component.iterdir() if f.is_file())
 
 
-def find(name: str, settings: Settings) -> Path:
-    """A remote client's model name → its folder or file inside one of the model folders. No
-    absolute paths, nothing that resolves outside a folder (`..`, symlinks), no hub ids."""
-    check_file_name(name, "model")
+def find(name: str, settings: Settings, *, dirs: list[Path] | None = None, field: str = "model",
+         what: str = "model", flag: str = "--model-dirs") -> Path:
+    """A remote client's model name → its folder or file inside one of the model folders (or the
+    given `dirs`, e.g. the ControlNet folders). No absolute paths, nothing that resolves outside a
+    folder (`..`, symlinks), no hub ids."""
+    dirs = settings.model_dirs if dirs is None else dirs
+    check_file_name(name, field)
     if not name.strip() or Path(name).is_absolute() or "\\" in name:
-        raise UnknownModel(f"model {name!r}: remote clients name models relative to the model folders, not by path",
-                           field="model")
-    for base in settings.model_dirs:
+        raise UnknownModel(f"{what} {name!r}: remote clients name {what}s relative to the {what} folders, not by path",
+                           field=field)
+    for base in dirs:
         candidate = Path(base) / name
         if not inside(candidate, Path(base)):
-            raise UnknownModel(f"model {name!r} is outside the configured model folders", field="model")
+            raise UnknownModel(f"{what} {name!r} is outside the configured {what} folders", field=field)
         if candidate.exists():
             return candidate
-    listed = ", ".join(str(d) for d in settings.model_dirs) or "none configured (--model-dirs)"
-    raise UnknownModel(f"unknown model {name!r}: remote clients may use a built-in model, the loaded model, or a "
-                       f"model inside the model folders ({listed}); GET /api/v1/models lists them", field="model")
+    listed = ", ".join(str(d) for d in dirs) or f"none configured ({flag})"
+    hint = "; GET /api/v1/models lists them" if what == "model" else ""
+    raise UnknownModel(f"unknown {what} {name!r}: remote clients may use a built-in {what}, the loaded or configured "
+                       f"one, or a {what} inside the {what} folders ({listed}){hint}", field=field)
 
 
 def canonical_name(name: str) -> str:
@@ -109,4 +113,23 @@ def _scan(base: Path, folder: Path, depth: int, allow_pickle: bool) -> list[Mode
             found.append(ModelEntry(name, "single_file", entry))
         elif entry.is_file() and suffix in PICKLE_WEIGHTS and allow_pickle:
             found.append(ModelEntry(name, "pickle", entry))
+    return found
+
+
+def component_entries(dirs: list[Path]) -> list[ModelEntry]:
+    """Single models (ControlNets, IP-Adapters) in `dirs`: folders with a config.json and weights,
+    and .safetensors files; names relative to their folder, as for `entries`."""
+    found = []
+    for base in map(Path, dirs):
+        if not base.is_dir():
+            continue
+        for entry in sorted(base.rglob("*")):
+            if entry.name.startswith(".") or not inside(entry, base) or len(entry.relative_to(base).parts) > MAX_DEPTH:
+                continue
+            name = entry.relative_to(base).as_posix()
+            if entry.is_dir() and (entry / "config.json").is_file() and any(
+                    f.suffix.lower() in SAFE_WEIGHTS for f in entry.iterdir()):
+                found.append(ModelEntry(name, "diffusers", entry))
+            elif entry.is_file() and entry.suffix.lower() in SAFE_WEIGHTS and not (entry.parent / "config.json").exists():
+                found.append(ModelEntry(name, "single_file", entry))
     return found

@@ -26,8 +26,14 @@ MAX_SIDE = 4096
 MAX_STEPS = 150
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
+MAX_CONTROLS = 4  # ControlNet units per request
+MAX_REFERENCES = 4  # reference (IP-Adapter) images per request
 # Models built in code with random weights (engine/tiny.py): safe for any client to name.
 BUILTIN_MODELS = ("tiny", "tiny-inpaint", "tiny-sdxl", "random-mid", "tiny-sd3", "tiny-flux")
+# Random ControlNets matching the tiny families (engine/tiny_control.py), and a random IP-Adapter.
+BUILTIN_CONTROLNETS = ("tiny-controlnet", "tiny-controlnet-sdxl", "tiny-controlnet-union-sdxl", "tiny-controlnet-sd3",
+                       "tiny-controlnet-flux")
+BUILTIN_IP_ADAPTERS = ("tiny-ip-adapter", "tiny-ip-adapter-sdxl")
 
 
 class Mode(str, Enum):
@@ -90,6 +96,61 @@ class OutpaintExtent(Strict):
         return bool(self.left or self.top or self.right or self.bottom)
 
 
+class ControlType(str, Enum):
+    """What a control image shows; ControlNet Union models take it as their control mode."""
+
+    depth = "depth"  # near = white, far = black
+    normal = "normal"  # camera-space normal map
+    canny = "canny"  # white edges on black
+    lineart = "lineart"
+    softedge = "softedge"
+    scribble = "scribble"
+    segmentation = "segmentation"  # a colour per object / material (ADE20K palette)
+    openpose = "openpose"
+    tile = "tile"  # the image itself, for detail and upscaling
+
+
+class ControlUnit(Strict):
+    """One ControlNet unit. Its image is the upload with role `control.<index in controls>`."""
+
+    type: ControlType
+    model: str | None = Field(None, max_length=1024, description="ControlNet to use: a built-in, a name inside the "
+                              "ControlNet folders, or (local callers) a hub id / folder / .safetensors; the server's "
+                              "default for this type and the loaded family when absent")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="Conditioning scale; 0 gives exactly the image without this unit")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps at which the control starts")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps at which it ends")
+    mode: Literal["balanced", "prompt", "control"] = Field(
+        "balanced", description="What wins when prompt and control disagree (A1111's control mode): balanced; prompt "
+        "(control fades in the deeper layers); control (also applied to the unconditional pass, so CFG strengthens it)")
+    preprocessor: str = Field("none", max_length=64, description="Turn a picture into this unit's map first (canny, "
+                              "depth, normal, ...; see capabilities); `none`: the image already is the map")
+    preprocessor_options: dict[str, float] = Field(default_factory=dict, max_length=8,
+                                                   description="e.g. canny `low`/`high` thresholds")
+
+    @model_validator(mode="after")
+    def _range(self) -> "ControlUnit":
+        if self.end <= self.start:
+            raise ValueError("`end` must be after `start`")
+        return self
+
+
+class ReferenceImages(Strict):
+    """Reference images for style and subject (IP-Adapter): uploads with roles `reference.0`, ...."""
+
+    images: int = Field(1, ge=1, le=MAX_REFERENCES, description="How many reference images were uploaded")
+    weight: float = Field(0.6, ge=0.0, le=2.0, description="How strongly the references steer the image")
+    model: str | None = Field(None, max_length=1024, description="IP-Adapter to use; the server's default when absent")
+
+
+def image_role_pattern() -> str:
+    return rf"^(init|mask|control\.[0-{MAX_CONTROLS - 1}]|reference\.[0-{MAX_REFERENCES - 1}])$"
+
+
+# An uploaded image's role in a request: init, mask, control.<i>, reference.<i>.
+ImageRole = Annotated[str, Field(pattern=image_role_pattern(), max_length=16)]
+
+
 class LoraSpec(Strict):
     name: str = Field(..., min_length=1, max_length=512, description="File name inside a LoRA directory, or a path the server allows")
     weight: float = Field(1.0, ge=-4.0, le=4.0)
@@ -128,6 +189,9 @@ class GenerationRequest(Strict):
     outpaint: OutpaintExtent = Field(default_factory=OutpaintExtent)
     model: str | None = Field(None, max_length=1024, description="Model to use; the loaded model when absent")
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    controls: list[ControlUnit] = Field(default_factory=list, max_length=MAX_CONTROLS,
+                                        description="ControlNet units; unit i's image is the upload `control.i`")
+    reference: ReferenceImages | None = Field(None, description="Reference images (IP-Adapter)")
     preview: PreviewOptions = Field(default_factory=PreviewOptions)
 
     @model_validator(mode="after")
@@ -141,6 +205,13 @@ class GenerationRequest(Strict):
 
     def needs_mask(self) -> bool:
         return self.mode is Mode.inpaint
+
+    def image_roles(self) -> list[str]:
+        """The uploads this request needs: init, mask, control.<i>, reference.<i>."""
+        roles = (["init"] if self.needs_init_image() else []) + (["mask"] if self.needs_mask() else [])
+        roles += [f"control.{i}" for i in range(len(self.controls))]
+        roles += [f"reference.{i}" for i in range(self.reference.images if self.reference else 0)]
+        return roles
 
     def with_seed(self, seed: int) -> "GenerationRequest":
         return self.model_copy(update={"seed": seed})
@@ -262,12 +333,12 @@ class HelloMessage(Strict):
 
 class SubmitMessage(Strict):
     """Submit a job. Images are uploaded first as binary `upload` frames; `images` maps a role
-    ("init", "mask") to the `upload_id` of such a frame."""
+    ("init", "mask", "control.0", "reference.0", ...) to the `upload_id` of such a frame."""
 
     type: Literal["submit"] = "submit"
     client_ref: str | None = Field(None, max_length=200, description="Echoed in `accepted` to correlate")
     request: GenerationRequest
-    images: dict[Literal["init", "mask"], str] = Field(default_factory=dict)
+    images: dict[ImageRole, str] = Field(default_factory=dict, max_length=2 + MAX_CONTROLS + MAX_REFERENCES)
     priority: Literal["interactive", "normal", "batch"] = "normal"
 
 

@@ -35,6 +35,16 @@ class Settings(BaseModel):
     cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs")
     taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) id or folder for better previews")
     offline: bool = Field(False, description="Never reach a model hub")
+    controlnet_dirs: list[Path] = Field(default_factory=list, description="Folders ControlNet and IP-Adapter names "
+                                        "resolve in (diffusers folders or .safetensors files)")
+    controlnet_models: list[str] = Field(default_factory=list, description="Default ControlNet per control type, as "
+                                         "TYPE=NAME (e.g. depth=lllyasviel/control_v11f1p_sd15_depth); the built-in "
+                                         "tiny ones serve the tiny models")
+    controlnet_cache: int = Field(3, ge=1, le=32, description="ControlNets kept loaded at once (least recently used "
+                                  "dropped first)")
+    ip_adapter: str | None = Field(None, description="Default IP-Adapter for reference images: a hub id, folder or "
+                                   ".safetensors file (its image encoder beside it), or a name inside the ControlNet "
+                                   "folders")
     lock_model: bool = Field(False, description="Refuse per-request model switches (shared servers): clients "
                              "use the model the server was started with")
 
@@ -67,7 +77,7 @@ class Settings(BaseModel):
 
 
 # Fields settable from the environment / command line, with their flag names.
-_LIST_FIELDS = {"model_dirs", "lora_dirs", "allowed_origins", "allowed_hosts"}
+_LIST_FIELDS = {"model_dirs", "lora_dirs", "controlnet_dirs", "controlnet_models", "allowed_origins", "allowed_hosts"}
 
 
 def _coerce(name: str, raw: str) -> Any:

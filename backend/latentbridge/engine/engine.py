@@ -30,7 +30,7 @@ from ..protocol import (
 )
 from .. import images as images_module
 from ..settings import Settings
-from . import models, samplers
+from . import control, models, samplers
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
 from .preview import LatentPreviewer
@@ -52,6 +52,7 @@ class Engine:
         self.local = local
         self._model: models.LoadedModel | None = None
         self._taesd = None
+        self._controlnets = control.ControlNetCache(settings, local=local)
         self._lock = threading.Lock()
         self._status = ModelStatus(name=settings.model, state=ModelState.loading)
 
@@ -160,7 +161,10 @@ class Engine:
         mask: Image.Image | None = None,
         on_step=None,
         cancel: threading.Event | None = None,
+        inputs: dict[str, Image.Image] | None = None,
     ) -> GenerationResult:
+        """`inputs` holds the other images by role: `control.<i>` (unit i's image), `reference.<i>`."""
+        inputs = inputs or {}
         if request.needs_init_image() and init_image is None:
             raise MissingImage(f"mode {request.mode.value} needs an init image", field="init_image")
         if request.needs_mask() and mask is None:
@@ -172,6 +176,7 @@ class Engine:
             self.load()
         model = self._model
         self._check_supported(model, request)
+        control_run = self._control_run(model, request, inputs)
 
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
@@ -184,7 +189,8 @@ class Engine:
         groups = [[s] for s in seeds] if model.device.type == "cpu" else [seeds]
         images: list[Image.Image] = []
         try:
-            with applied_loras(model.base, request.loras, self.settings, local=self.local), self._seamless(model, request.seamless):
+            with applied_loras(model.base, request.loras, self.settings, local=self.local), \
+                    self._seamless(model, request.seamless, control_run):
                 for index, group in enumerate(groups):
                     run = _Run(
                         model=model,
@@ -194,6 +200,7 @@ class Engine:
                         on_step=_batch_progress(on_step, index, len(groups)),
                         cancel=cancel,
                         tile_vae=tile_vae,
+                        control=control_run,
                     )
                     with torch.inference_mode():
                         images += run_mode(run, init_image, mask)
@@ -229,13 +236,33 @@ class Engine:
         height = request.height + request.outpaint.top + request.outpaint.bottom
         return max(width, height) > model.native_size
 
+    def _control_run(self, model: models.LoadedModel, request: GenerationRequest,
+                     inputs: dict[str, Image.Image]) -> control.ControlRun | None:
+        """The request's ControlNet units with their maps (preprocessed when asked), or None."""
+        if not request.controls:
+            return None
+        maps = []
+        for i, unit in enumerate(request.controls):
+            image = inputs.get(f"control.{i}")
+            if image is None:
+                raise MissingImage(f"control unit {i} needs its image (the upload with role control.{i})",
+                                   field=f"controls.{i}")
+            maps.append(self._preprocess(unit, image.convert("RGB"), f"controls.{i}.preprocessor"))
+        return control.resolve(self._controlnets, request.controls, maps, model, request.mode)
+
+    def _preprocess(self, unit, image: Image.Image, field: str) -> Image.Image:
+        if unit.preprocessor == "none":
+            return image
+        raise Unsupported(f"unknown preprocessor {unit.preprocessor!r}: use none", field=field)
+
     @contextmanager
-    def _seamless(self, model: models.LoadedModel, seamless: Seamless):
+    def _seamless(self, model: models.LoadedModel, seamless: Seamless, control_run=None):
         if seamless is Seamless.none:
             yield
             return
-        # Patched after LoRA layers are in place (they add convolutions), restored afterwards.
-        modules = [model.denoiser(), model.base.vae]
+        # Patched after LoRA layers are in place (they add convolutions), restored afterwards;
+        # ControlNets wrap too, or their residuals would carry the seams back in.
+        modules = [model.denoiser(), model.base.vae] + (control_run.modules() if control_run else [])
         set_seamless(modules, seamless)
         try:
             yield

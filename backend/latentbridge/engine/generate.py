@@ -9,6 +9,8 @@ one stays seamless (`seamless.decode_latents`, which also applies SD3/Flux's lat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -21,6 +23,7 @@ from PIL import Image
 
 from .. import images
 from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode
+from .control import ControlRun
 from .models import LoadedModel
 from .preview import LatentPreviewer
 from .samplers import FLOW_FAMILIES, make_scheduler
@@ -64,6 +67,7 @@ class _Run:
     on_step: Callable[[StepUpdate], None] | None
     cancel: object | None  # threading.Event
     tile_vae: bool
+    control: ControlRun | None = None
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -182,7 +186,7 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
             f"strength {mode_kwargs['strength']} of {request.steps} steps leaves no step to run: raise strength or steps",
             field="strength",
         )
-    pipe = model.pipe(kind)
+    pipe = model.pipe(kind) if run.control is None else model.control_pipe(kind, run.control.controlnet())
     multiple = _size_multiple(pipe)
     work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
     generators = _generators(run.seeds)
@@ -225,8 +229,11 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
     if model.family != "flux":  # Flux is guidance-distilled: the engine refuses negative prompts
         kwargs["negative_prompt"] = request.negative_prompt or None
     kwargs.update(mode_kwargs)
+    if run.control is not None:
+        kwargs.update(run.control.pipeline_kwargs(kind, work_w, work_h))
     run.check_cancel()
-    latents = pipe(output_type="latent", **kwargs).images
+    with run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext():
+        latents = pipe(output_type="latent", **kwargs).images
     run.check_cancel()
     return _decode(run, _nchw_latents(pipe, latents, work_w, work_h), width, height)
 
@@ -288,6 +295,8 @@ def inpaint(run: _Run, init: Image.Image, mask: Image.Image) -> list[Image.Image
     # "Only masked": work on a crop around the mask at the full working resolution, paste back.
     box = images.mask_crop_box(full_mask, r.mask.padding, r.width / r.height)
     crop, crop_mask = init.crop(box), full_mask.crop(box)
+    if run.control is not None:  # the maps follow the crop
+        run = dataclasses.replace(run, control=run.control.cropped(box, init.size))
     generated = _repaint(run, crop.resize((r.width, r.height), Image.Resampling.LANCZOS),
                          crop_mask.resize((r.width, r.height), Image.Resampling.BILINEAR), r.width, r.height, r.strength)
     results = []

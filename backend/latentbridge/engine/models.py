@@ -148,7 +148,7 @@ def check_safetensors(path: Path, field: str = "model", label: str | None = None
     except (SafetensorError, OSError, ValueError) as exc:
         raise LatentBridgeError(f"{label or path.name} is corrupt or truncated: not a valid .safetensors file ({_first_line(exc)}); "
                                 "download or convert it again", field=field,
-                                code=ErrorCode.model_load_failed if field == "model" else ErrorCode.invalid_request) from None
+                                code=ErrorCode.invalid_request if field == "loras" else ErrorCode.model_load_failed) from None
 
 
 def check_weights_file(path: Path, allow_pickle: bool, what: str = "weights") -> None:
@@ -199,20 +199,25 @@ def check_folder_weights(folder: Path, allow_pickle: bool) -> None:
     unless the user opted in, or with a corrupt .safetensors file: checked before loading, so the
     error can say what is wrong and what to do."""
     for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = [f for f in component.iterdir() if f.is_file()]
-        suffixes = {f.suffix.lower() for f in files}
-        for weights in (f for f in files if f.suffix.lower() in SAFE_WEIGHTS):
-            check_safetensors(weights, label=f"{folder.name}/{component.name}/{weights.name}")
-        if suffixes & set(PICKLE_WEIGHTS) and not suffixes & set(SAFE_WEIGHTS):
-            if allow_pickle:
-                log.warning("loading pickle weights of %s/%s (allow_pickle is on)", folder.name, component.name)
-                continue
-            raise LatentBridgeError(
-                f"{folder.name}/{component.name} has only pickle weights (.bin/.ckpt/.pt), which can run code when "
-                "loaded: convert them to .safetensors, or start with --allow-pickle if you trust them",
-                field="model",
-                code=ErrorCode.unsupported,
-            )
+        check_component_weights(component, f"{folder.name}/{component.name}", allow_pickle)
+
+
+def check_component_weights(component: Path, label: str, allow_pickle: bool, field: str = "model") -> None:
+    """The same checks for one component's folder (a ControlNet folder is one component)."""
+    files = [f for f in component.iterdir() if f.is_file()]
+    suffixes = {f.suffix.lower() for f in files}
+    for weights in (f for f in files if f.suffix.lower() in SAFE_WEIGHTS):
+        check_safetensors(weights, field=field, label=f"{label}/{weights.name}")
+    if suffixes & set(PICKLE_WEIGHTS) and not suffixes & set(SAFE_WEIGHTS):
+        if allow_pickle:
+            log.warning("loading pickle weights of %s (allow_pickle is on)", label)
+            return
+        raise LatentBridgeError(
+            f"{label} has only pickle weights (.bin/.ckpt/.pt), which can run code when "
+            "loaded: convert them to .safetensors, or start with --allow-pickle if you trust them",
+            field=field,
+            code=ErrorCode.unsupported,
+        )
 
 
 def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: bool, on_download=None):
@@ -394,6 +399,29 @@ class LoadedModel:
                 raise Unsupported(f"{self.family} model {self.name!r} has no {kind} pipeline in diffusers ({_first_line(exc)})") from None
             self.pipes[kind].set_progress_bar_config(disable=True)
         return self.pipes[kind]
+
+    def control_pipe(self, kind: str, controlnet):
+        """The ControlNet pipeline for a mode, derived from the base pipeline: it shares the very
+        same UNet/transformer, VAE and text encoders (only the ControlNet is its own)."""
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+        import diffusers
+
+        auto = {"text2image": AutoPipelineForText2Image, "image2image": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting}[kind]
+        first = controlnet[0] if isinstance(controlnet, list) else controlnet
+        if type(first).__name__ == "ControlNetUnionModel":
+            # AutoPipeline maps a list of Union models to the plain SDXL ControlNet pipeline: name it.
+            auto = getattr(diffusers, {"text2image": "StableDiffusionXLControlNetUnionPipeline",
+                                       "image2image": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+                                       "inpaint": "StableDiffusionXLControlNetUnionInpaintPipeline"}[kind])
+        try:
+            pipe = auto.from_pipe(self.base, controlnet=controlnet)
+        except ValueError as exc:
+            raise Unsupported(f"{self.family} model {self.name!r} has no ControlNet {kind} pipeline in diffusers "
+                              f"({_first_line(exc)})", field="controls") from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 def place(pipe, device: torch.device, settings: Settings) -> None:
