@@ -370,19 +370,20 @@ class AsyncClient:
     # ---------------------------------------------------------------- websocket API
 
     async def submit(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
-                     *, priority: str = "normal") -> Job:
-        """Upload the images as binary frames, submit, and return the accepted Job."""
-        images: dict[str, str] = {}
+                     *, priority: str = "normal", images: dict[str, bytes] | None = None) -> Job:
+        """Upload the images as binary frames, submit, and return the accepted Job. `images`:
+        the other images by role (`control.0` for control unit 0, `reference.0`, ...)."""
+        uploads: dict[str, str] = {}
         frames: list[bytes] = []
-        for role, data in (("init", init_image), ("mask", mask)):
+        for role, data in (("init", init_image), ("mask", mask), *(images or {}).items()):
             if data is None:
                 continue
             upload_id = uuid.uuid4().hex
             header = BinaryHeader(kind="upload", format=sniff_format(data), upload_id=upload_id)  # type: ignore[arg-type]
             frames.append(encode_binary_frame(header, data))
-            images[role] = upload_id
+            uploads[role] = upload_id
         ref = uuid.uuid4().hex
-        message = SubmitMessage(client_ref=ref, request=request, images=images, priority=priority)  # type: ignore[arg-type]
+        message = SubmitMessage(client_ref=ref, request=request, images=uploads, priority=priority)  # type: ignore[arg-type]
         return await self._await_reply(ref, frames, message)
 
     async def _await_reply(self, key: str, frames: list[bytes], message: BaseModel) -> Job:
@@ -455,13 +456,17 @@ class AsyncClient:
         return await self._json("POST", f"{API_PREFIX}/models/load", json={"model": name})
 
     async def submit_http(self, request: GenerationRequest, init_image: bytes | None = None,
-                          mask: bytes | None = None, *, priority: str = "normal") -> str:
+                          mask: bytes | None = None, *, priority: str = "normal",
+                          images: dict[str, bytes] | None = None) -> str:
         """Submit over HTTP (JSON with base64 images); returns the job id."""
         body: dict[str, Any] = {"request": request.model_dump(mode="json"), "priority": priority}
         for role, data in (("init_image", init_image), ("mask", mask)):
             if data is not None:
                 sniff_format(data)
                 body[role] = base64.b64encode(data).decode("ascii")
+        for role, data in (images or {}).items():
+            sniff_format(data)
+            body.setdefault("images", {})[role] = base64.b64encode(data).decode("ascii")
         data = await self._json("POST", f"{API_PREFIX}/jobs", json=body)
         return str(data["job_id"])
 
@@ -474,6 +479,12 @@ class AsyncClient:
     async def result(self, job_id: str, index: int = 0) -> bytes:
         """A finished result's PNG bytes (works for any job id, across reconnects and restarts)."""
         resp = await self._request("GET", f"{API_PREFIX}/jobs/{job_id}/results/{index}")
+        async with resp:
+            return await resp.read()
+
+    async def input(self, job_id: str, role: str) -> bytes:
+        """A job's stored input image (init, mask, control.<i>, reference.<i>) as PNG."""
+        resp = await self._request("GET", f"{API_PREFIX}/jobs/{job_id}/inputs/{role}")
         async with resp:
             return await resp.read()
 
@@ -502,14 +513,15 @@ class AsyncClient:
     async def generate(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
                        on_progress: Callable[[ProgressEvent], None] | None = None,
                        on_preview: Callable[[bytes, BinaryHeader], None] | None = None,
-                       *, transport: str = "ws", priority: str = "normal") -> list[bytes]:
+                       *, transport: str = "ws", priority: str = "normal",
+                       images: dict[str, bytes] | None = None) -> list[bytes]:
         """Run one request to the end and return its PNGs. Cancelling the awaiting task cancels
         the job on the server."""
         if transport == "http":
-            return await self._generate_http(request, init_image, mask, on_progress, on_preview, priority)
+            return await self._generate_http(request, init_image, mask, on_progress, on_preview, priority, images)
         if transport != "ws":
             raise ValueError("transport must be 'ws' or 'http'")
-        job = await self.submit(request, init_image, mask, priority=priority)
+        job = await self.submit(request, init_image, mask, priority=priority, images=images)
 
         def on_item(item: JobItem) -> None:
             if isinstance(item, ProgressEvent) and on_progress is not None:
@@ -526,8 +538,9 @@ class AsyncClient:
 
     async def _generate_http(self, request: GenerationRequest, init_image: bytes | None, mask: bytes | None,
                              on_progress: Callable[[ProgressEvent], None] | None,
-                             on_preview: Callable[[bytes, BinaryHeader], None] | None, priority: str) -> list[bytes]:
-        job_id = await self.submit_http(request, init_image, mask, priority=priority)
+                             on_preview: Callable[[bytes, BinaryHeader], None] | None, priority: str,
+                             images: dict[str, bytes] | None = None) -> list[bytes]:
+        job_id = await self.submit_http(request, init_image, mask, priority=priority, images=images)
         final: BaseModel | None = None
         try:
             async for event in self.events_http(job_id):
@@ -610,14 +623,14 @@ class Client:
     def generate(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
                  on_progress: Callable[[ProgressEvent], None] | None = None,
                  on_preview: Callable[[bytes, BinaryHeader], None] | None = None,
-                 *, transport: str = "ws", priority: str = "normal") -> list[bytes]:
+                 *, transport: str = "ws", priority: str = "normal", images: dict[str, bytes] | None = None) -> list[bytes]:
         return self._run(self._client.generate(request, init_image, mask, on_progress, on_preview,
-                                               transport=transport, priority=priority))
+                                               transport=transport, priority=priority, images=images))
 
     def submit(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
-               *, priority: str = "normal") -> str:
+               *, priority: str = "normal", images: dict[str, bytes] | None = None) -> str:
         """Submit over the websocket and return the job id (follow it with `wait`)."""
-        return self._run(self._client.submit(request, init_image, mask, priority=priority)).job_id
+        return self._run(self._client.submit(request, init_image, mask, priority=priority, images=images)).job_id
 
     def wait(self, job_id: str) -> list[bytes]:
         """Attach to a job and block until it ends; its PNGs."""
@@ -635,6 +648,9 @@ class Client:
 
     def result(self, job_id: str, index: int = 0) -> bytes:
         return self._run(self._client.result(job_id, index))
+
+    def input(self, job_id: str, role: str) -> bytes:
+        return self._run(self._client.input(job_id, role))
 
     def health(self) -> dict[str, Any]:
         return self._run(self._client.health())

@@ -438,6 +438,13 @@ class Capabilities(BaseModel):
     seamless: list[Seamless]
     preview_decoders: list[str]
     limits: Limits
+    control_types: list[ControlType] = Field(default_factory=list, description="ControlNet types the loaded model "
+                                             "can take (empty: no ControlNet for this family)")
+    control_modes: list[Mode] = Field(default_factory=list, description="Modes that can run with ControlNet units")
+    controlnets: list[str] = Field(default_factory=list, description="ControlNets a request may name (GET "
+                                   "/api/v1/models lists the folders' ones with details)")
+    preprocessors: list[str] = Field(default_factory=lambda: ["none"])
+    reference: bool = Field(False, description="Reference images (IP-Adapter) available")
 
 
 class HelloEvent(BaseModel):

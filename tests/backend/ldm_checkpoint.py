@@ -75,6 +75,21 @@ def _rename(state: dict[str, torch.Tensor], blocks: list[tuple[str, str, dict[st
     return out
 
 
+def save_ldm_controlnet(net, path) -> None:
+    """Save a diffusers ControlNetModel as one `.safetensors` file in the original ControlNet layout
+    (lllyasviel's `cldm`: the UNet encoder's LDM names plus `zero_convs`, `middle_block_out` and
+    `input_hint_block`), the inverse of diffusers' `convert_controlnet_checkpoint`."""
+    state = net.state_dict()
+    hint = [("controlnet_cond_embedding.conv_in", "input_hint_block.0", {})]
+    hint += [(f"controlnet_cond_embedding.blocks.{k}", f"input_hint_block.{2 * (k + 1)}", {})
+             for k in range(len(net.controlnet_cond_embedding.blocks))]
+    hint.append(("controlnet_cond_embedding.conv_out", "input_hint_block.14", {}))
+    zero = [(f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0", {}) for i in range(len(net.controlnet_down_blocks))]
+    zero.append(("controlnet_mid_block", "middle_block_out.0", {}))
+    converted = _rename(state, hint + zero + _unet_blocks(state, net.config))
+    save_file({key: value.detach().cpu().contiguous().clone() for key, value in converted.items()}, str(Path(path)))
+
+
 def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """UNet2DConditionModel keys → LDM `openaimodel.UNetModel` keys.
 
@@ -83,6 +98,10 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
     resnet, attention, resnet; output_blocks hold `layers_per_block + 1` (resnet, attention,
     upsampler) entries per up block, the upsampler at index 2 when the block has attentions, else 1.
     """
+    return _rename(state, _unet_blocks(state, config))
+
+
+def _unet_blocks(state: dict[str, torch.Tensor], config) -> list[tuple[str, str, dict[str, str]]]:
     per_block = config.layers_per_block
     count = len(config.block_out_channels)
     blocks: list[tuple[str, str, dict[str, str]]] = [
@@ -109,7 +128,7 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
             blocks.append((f"up_blocks.{b}.attentions.{j}", f"output_blocks.{first + j}.1", {}))
         upsampler = f"output_blocks.{first + per_block}.{2 if has_attention else 1}.conv"
         blocks.append((f"up_blocks.{b}.upsamplers.0.conv", upsampler, {}))
-    return _rename(state, blocks)
+    return blocks
 
 
 def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:

@@ -51,7 +51,7 @@ def install() -> None:
 
     real_generate = Engine.generate
 
-    def generate(self, request, init_image=None, mask=None, on_step=None, cancel=None):
+    def generate(self, request, init_image=None, mask=None, on_step=None, cancel=None, inputs=None):
         def step(update):
             pause_at(f"step:{update.step}")
             if on_step is not None:

@@ -51,7 +51,7 @@ class ScriptedEngine:
         self.status = ModelStatus(name="scripted", state=ModelState.ready)
         return self.status
 
-    def generate(self, request, init_image=None, mask=None, on_step=None, cancel=None):
+    def generate(self, request, init_image=None, mask=None, on_step=None, cancel=None, inputs=None):
         from latentbridge.engine import StepUpdate  # the real step type the engine hands out
         from latentbridge.protocol import Cancelled
 

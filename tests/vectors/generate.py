@@ -22,6 +22,9 @@ from latentbridge.protocol import (
     CancelledEvent,
     CancelMessage,
     Capabilities,
+    ControlType,
+    ControlUnit,
+    ReferenceImages,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
@@ -89,8 +92,16 @@ def client_vectors() -> dict[str, str]:
                                 seamless=Seamless.xy)
     inpaint = GenerationRequest(mode=Mode.inpaint, prompt="a red door", seed=7, steps=4, width=64, height=64,
                                 strength=0.8, mask=MaskOptions(blur=4, invert=False, only_masked=False, padding=32))
+    controlled = GenerationRequest(
+        mode=Mode.img2img, prompt="a bronze statue", seed=11, steps=4, width=64, height=64, strength=0.6,
+        controls=[ControlUnit(type=ControlType.depth, weight=0.8, end=0.9),
+                  ControlUnit(type=ControlType.normal, model="tiny-controlnet", weight=0.5, mode="prompt")],
+        reference=ReferenceImages(images=1, weight=0.6))
     # Client frames carry only the fields a client sets (exclude_unset), as a real client sends them.
     return {
+        "submit_control.json": _json(SubmitMessage(client_ref="req-3", request=controlled, images={
+            "init": "up-init-1", "control.0": "up-depth-1", "control.1": "up-normal-1", "reference.0": "up-ref-1"}),
+            exclude_unset=True),
         "hello.json": _json(HelloMessage(protocol=1, client="blender-latentbridge/0.1.0"), exclude_unset=True),
         "hello_token.json": _json(HelloMessage(protocol=1, client="script", token="s3cret-token"), exclude_unset=True),
         "submit_txt2img.json": _json(SubmitMessage(client_ref="req-1", request=txt2img, priority="interactive"),
@@ -114,7 +125,9 @@ def server_vectors(preview_jpeg: bytes) -> dict[str, str]:
         server="latentbridge/0.1.0",
         capabilities=Capabilities(modes=list(Mode), samplers=list(Sampler), families=["sd1"],
                                   seamless=list(Seamless), preview_decoders=["latent2rgb", "vae", "none"],
-                                  limits=limits),
+                                  limits=limits, control_types=list(ControlType), control_modes=list(Mode),
+                                  controlnets=["tiny-controlnet"], preprocessors=["none", "canny", "depth", "normal"],
+                                  reference=True),
         model=ModelStatus(name="tiny", family="sd1", state=ModelState.ready, device="cpu", dtype="float32"),
     )
     error = ErrorEvent(job_id=None, code=ErrorCode.invalid_request, message="steps: Input should be less than or equal to 150",
@@ -172,6 +185,10 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
         "submit_unknown_field.json": b'{"type": "submit", "request": {"prompt": "x", "stpes": 4}}',
         "submit_bad_size.json": b'{"type": "submit", "request": {"width": 65}}',
         "submit_bad_role.json": b'{"type": "submit", "request": {}, "images": {"depth": "u1"}}',
+        "submit_control_role_out_of_range.json": b'{"type": "submit", "request": {}, "images": {"control.7": "u1"}}',
+        "submit_control_bad_range.json":
+            b'{"type": "submit", "request": {"controls": [{"type": "depth", "start": 0.8, "end": 0.2}]}}',
+        "submit_control_unknown_type.json": b'{"type": "submit", "request": {"controls": [{"type": "heat"}]}}',
         "cancel_no_job.json": b'{"type": "cancel"}',
         "binary_too_short.bin": b"\x00\x00",
         "binary_zero_header.bin": _frame(b"", length=0),
@@ -191,6 +208,9 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
     index["submit_unknown_field.json"] = {"code": "invalid_request", "field": "request.stpes"}
     index["submit_bad_size.json"] = {"code": "invalid_request", "field": "request.width"}
     index["submit_bad_role.json"] = {"code": "invalid_request", "field": "images.depth.[key]"}
+    index["submit_control_role_out_of_range.json"] = {"code": "invalid_request", "field": "images.control.7.[key]"}
+    index["submit_control_bad_range.json"] = {"code": "invalid_request", "field": "request.controls.0"}
+    index["submit_control_unknown_type.json"] = {"code": "invalid_request", "field": "request.controls.0.type"}
     index["cancel_no_job.json"] = {"code": "invalid_request", "field": "job_id"}
     index["binary_unknown_kind.bin"] = {"code": "bad_message", "field": "header.kind"}
     index["binary_upload_without_id.bin"] = {"code": "bad_message", "field": "header"}

@@ -106,7 +106,7 @@ def unit_model_name(unit: ControlUnit, model: LoadedModel, settings: Settings, f
     configured = default_models(settings).get(unit.type.value)
     if configured:
         return configured
-    builtin = tiny_control.default_for(model.family) if model.source.kind == "builtin" else None
+    builtin = tiny_control.default_for(model.source.ref) if model.source.kind == "builtin" else None
     if builtin is not None:
         return builtin
     raise LatentBridgeError(f"no ControlNet for {unit.type.value} control: name one in `{field}`, or start the server "
@@ -358,16 +358,22 @@ def check_units(units: list[ControlUnit], family: str, mode: Mode) -> None:
 
 
 def resolve(cache: ControlNetCache, units: list[ControlUnit], images: list[Image.Image], model: LoadedModel,
-            mode: Mode) -> ControlRun:
+            mode: Mode) -> ControlRun | None:
+    """The units that take part (weight > 0), with their ControlNets; None when none does. A
+    unit of weight 0 is left out: it would add exactly nothing, and some pipelines (Flux) draw
+    noise to encode each control image, which would change the picture all the same."""
     check_units(units, model.family, mode)
+    active = [(i, unit, image) for i, (unit, image) in enumerate(zip(units, images)) if unit.weight > 0]
+    if not active:
+        return None
     controls = []
-    for i, unit in enumerate(units):
+    for i, unit, _image in active:
         field = f"controls.{i}.model"
         controls.append(cache.get(unit_model_name(unit, model, cache.settings, field), model, field))
     if len({c.union for c in controls}) > 1:
         raise Unsupported("ControlNet Union and single-type ControlNets cannot be mixed in one request", field="controls")
     if controls[0].union:
-        for i, unit in enumerate(units):
+        for i, unit, _image in active:
             if unit.type not in UNION_MODES:
                 raise Unsupported(f"ControlNet Union has no {unit.type.value} mode", field=f"controls.{i}.type")
-    return ControlRun(list(units), controls, images, model.family)
+    return ControlRun([unit for _, unit, _ in active], controls, [image for _, _, image in active], model.family)

@@ -17,10 +17,12 @@ from PIL import Image
 
 from ..protocol import (
     MAX_SEED,
+    ControlType,
     ErrorCode,
     GenerationRequest,
     LatentBridgeError,
     MissingImage,
+    Mode,
     ModelState,
     ModelStatus,
     OutOfMemory,
@@ -30,7 +32,7 @@ from ..protocol import (
 )
 from .. import images as images_module
 from ..settings import Settings
-from . import control, models, samplers
+from . import control, models, samplers, tiny_control
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
 from .preview import LatentPreviewer
@@ -80,6 +82,26 @@ class Engine:
         """Seamless axes the loaded model can tile (none for transformer models: SD3, Flux)."""
         family = self.status.family
         return list(Seamless) if not family or family in models.SEAMLESS_FAMILIES else [Seamless.none]
+
+    def control_capabilities(self) -> dict:
+        """What conditioning the loaded model can take: control types, the modes that run with
+        ControlNet, the ControlNets a request may name, preprocessors, reference images."""
+        family = self.status.family
+        if family is None:
+            return {}
+        ref = self._model.source.ref if self._model is not None and self._model.source.kind == "builtin" else None
+        names = [name for name, (_, base) in tiny_control.FAMILY.items()
+                 if ref is not None and (base == ref or tiny_control.default_for(ref) == name)]
+        names += [n for n in control.default_models(self.settings).values() if n not in names]
+        return {
+            "control_types": list(ControlType),
+            "control_modes": sorted(control.CONTROL_MODES.get(family, set()), key=list(Mode).index),
+            "controlnets": names,
+            "preprocessors": self.preprocessor_names(),
+        }
+
+    def preprocessor_names(self) -> list[str]:
+        return ["none"]
 
     @property
     def model(self) -> models.LoadedModel | None:

@@ -35,11 +35,14 @@ def is_builtin(name: str) -> bool:
     return name in FAMILY
 
 
-def default_for(family: str, union: bool = False) -> str | None:
-    """The built-in ControlNet for a family (the union one for SDXL when asked)."""
-    if family == "sdxl" and union:
-        return "tiny-controlnet-union-sdxl"
-    return next((name for name, (fam, _) in FAMILY.items() if fam == family and "union" not in name), None)
+# The built-in ControlNet that fits each built-in model (random-mid has none: it is for timing).
+SERVES = {"tiny": "tiny-controlnet", "tiny-inpaint": "tiny-controlnet", "tiny-sdxl": "tiny-controlnet-sdxl",
+          "tiny-sd3": "tiny-controlnet-sd3", "tiny-flux": "tiny-controlnet-flux"}
+
+
+def default_for(model_name: str) -> str | None:
+    """The built-in ControlNet for a built-in model, if it has one."""
+    return SERVES.get(model_name)
 
 
 def build_controlnet(name: str):

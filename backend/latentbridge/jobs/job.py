@@ -93,9 +93,9 @@ class Job:
         return f"{r.mode.value} {r.width}x{r.height}, {r.steps} steps" + (f" x{r.batch_size}" if r.batch_size > 1 else "")
 
 
-def check_limits(request: GenerationRequest, settings: Settings, init_image: Image.Image | None,
-                 mask: Image.Image | None) -> None:
-    """Refuse what the server is configured not to do, naming the field."""
+def check_limits(request: GenerationRequest, settings: Settings, inputs: dict[str, Image.Image]) -> None:
+    """Refuse what the server is configured not to do, and missing or unused images, naming the field."""
+    init_image, mask = inputs.get("init"), inputs.get("mask")
     if request.width > settings.max_width:
         raise TooLarge(f"width {request.width} is above this server's limit of {settings.max_width}", field="width")
     if request.height > settings.max_height:
@@ -116,10 +116,18 @@ def check_limits(request: GenerationRequest, settings: Settings, init_image: Ima
         raise MissingImage(f"mode {request.mode.value} needs an init image", field="init_image")
     if request.needs_mask() and mask is None:
         raise MissingImage("mode inpaint needs a mask", field="mask")
-    for name, image in (("init_image", init_image), ("mask", mask)):
-        if image is not None and image.width * image.height > settings.max_pixels:
-            raise TooLarge(f"{name} is {image.width}x{image.height}, more than {settings.max_pixels} pixels",
-                           field=name)
+    needed = set(request.image_roles())
+    for role in sorted(needed - set(inputs)):
+        field = f"controls.{role.split('.')[1]}" if role.startswith("control.") else "reference"
+        raise MissingImage(f"{field} needs the image uploaded as role {role!r}", field=field)
+    for role in sorted(set(inputs) - needed - {"init", "mask"}):
+        raise InvalidRequest(f"image {role!r} is not used by this request (it has {len(request.controls)} control "
+                             f"unit(s) and {request.reference.images if request.reference else 0} reference image(s))",
+                             field=f"images.{role}")
+    for role, image in inputs.items():
+        if image.width * image.height > settings.max_pixels:
+            name = {"init": "init_image", "mask": "mask"}.get(role, f"images.{role}")
+            raise TooLarge(f"{name} is {image.width}x{image.height}, more than {settings.max_pixels} pixels", field=name)
     images.check_mask_size(init_image, mask)
 
 

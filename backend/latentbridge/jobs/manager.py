@@ -176,9 +176,11 @@ class JobManager:
         return max(1, round(average))
 
     async def submit(self, request: GenerationRequest, init_image: Image.Image | None = None,
-                     mask: Image.Image | None = None, *, owner: str = "local", priority: str = "normal") -> Job:
+                     mask: Image.Image | None = None, *, owner: str = "local", priority: str = "normal",
+                     images: dict[str, Image.Image] | None = None) -> Job:
         """Validate, journal (inputs and record on disk) and queue a job. When this returns, the
-        job survives a crash; the caller may acknowledge it."""
+        job survives a crash; the caller may acknowledge it. `images` holds the other inputs by
+        role (`control.0`, `reference.0`, ...)."""
         if priority not in PRIORITIES:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", field="priority")
         if not self._accepting:
@@ -186,14 +188,15 @@ class JobManager:
         status = self.engine.status
         if status.state is ModelState.failed and request.model is None:
             raise LatentBridgeError(f"the model failed to load: {status.error}", code=ErrorCode.model_load_failed)
-        check_limits(request, self.settings, init_image, mask)
+        inputs = {role: image for role, image in (("init", init_image), ("mask", mask)) if image is not None}
+        inputs.update(images or {})
+        check_limits(request, self.settings, inputs)
         if len(self._pending) + self._journaling >= self.settings.max_queue:
             raise LatentBridgeError(f"the queue is full ({self.settings.max_queue} jobs waiting); retry later",
                                     code=ErrorCode.queue_full)
         if request.seed is None:
             # Chosen now, so the journal, `started` and the stored request name it before the engine runs.
             request = request.with_seed(secrets.randbelow(MAX_SEED + 1))
-        inputs = {role: image for role, image in (("init", init_image), ("mask", mask)) if image is not None}
         job = Job(request, inputs, owner, priority, next(self._seq))
         self._journaling += 1
         try:
@@ -464,8 +467,9 @@ class JobManager:
                     self._call(self._emit_preview, job,
                                PreviewFrame(job.id, update.step, update.total, w, h, data, options.format))
 
+        others = {role: image for role, image in job.inputs.items() if role not in ("init", "mask")}
         result = self.engine.generate(job.request, init_image=job.init_image, mask=job.mask,
-                                      on_step=on_step, cancel=job.cancel_event)
+                                      on_step=on_step, cancel=job.cancel_event, inputs=others)
         job.request = result.request
         pngs = []
         for index, (image, seed) in enumerate(zip(result.images, result.seeds)):

@@ -34,7 +34,7 @@ def capabilities(app: web.Application) -> Capabilities:
     decoders = ["latent2rgb", "vae", "none"] + (["taesd"] if settings.taesd else [])
     return Capabilities(
         modes=list(Mode), samplers=samplers, families=list(engine.capabilities_families), seamless=seamless,
-        preview_decoders=decoders,
+        preview_decoders=decoders, **engine.control_capabilities(),
         limits=Limits(max_width=settings.max_width, max_height=settings.max_height, max_pixels=settings.max_pixels,
                       max_steps=settings.max_steps, max_batch=settings.max_batch,
                       max_message_bytes=settings.max_message_bytes, max_queue=settings.max_queue),

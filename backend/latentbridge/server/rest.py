@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -25,10 +26,12 @@ from ..protocol import (
     LatentBridgeError,
     ModelState,
     PreviewEvent,
+    ImageRole,
     error_from_validation,
+    image_role_pattern,
 )
 from .app import ENGINE_KEY, JOBS_KEY, SETTINGS_KEY
-from .security import list_models, resolve_model_name
+from .security import list_controlnets, list_models, resolve_model_name
 from .submit import submit_job
 
 API = "/api/v1"
@@ -42,6 +45,8 @@ class SubmitBody(BaseModel):
     request: GenerationRequest
     init_image: str | None = Field(None, description="base64 PNG/JPEG/WebP")
     mask: str | None = Field(None, description="base64 image; white (or painted alpha) = repaint")
+    images: dict[ImageRole, str] = Field(default_factory=dict, description="Other images by role, base64: "
+                                         "`control.<i>` for control unit i, `reference.<i>` for reference image i")
     priority: str = Field("normal", pattern="^(interactive|normal|batch)$")
 
 
@@ -83,7 +88,7 @@ def _job_or_404(request: web.Request):
 # Jobs
 
 
-async def _read_multipart(request: web.Request) -> tuple[Any, bytes | None, bytes | None, str]:
+async def _read_multipart(request: web.Request) -> tuple[Any, dict[str, bytes], str]:
     reader = await request.multipart()
     data: Any = None
     files: dict[str, bytes] = {}
@@ -96,7 +101,7 @@ async def _read_multipart(request: web.Request) -> tuple[Any, bytes | None, byte
             except (ValueError, UnicodeDecodeError):
                 raise LatentBridgeError("the `request` part is not valid JSON", field="request",
                                         code=ErrorCode.bad_message) from None
-        elif name in ("init_image", "mask"):
+        elif name in ("init_image", "mask") or re.match(image_role_pattern(), name):
             files[name] = bytes(await part.read())
         elif name == "priority":
             priority = (await part.text()).strip()
@@ -104,19 +109,22 @@ async def _read_multipart(request: web.Request) -> tuple[Any, bytes | None, byte
             raise InvalidRequest(f"unknown multipart part {name!r}", field=name or "part")
     if data is None:
         raise InvalidRequest("multipart body needs a `request` part with the request JSON", field="request")
-    return data, files.get("init_image"), files.get("mask"), priority
+    return data, files, priority
 
 
 async def submit(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype == "multipart/form-data":
-        data, init_bytes, mask_bytes, priority = await _read_multipart(request)
+        data, files, priority = await _read_multipart(request)
         body = {"request": data, "priority": priority}
+        init_bytes = files.pop("init_image", None) or files.pop("init", None)  # the role's name works too
+        mask_bytes = files.pop("mask", None)
     elif ctype == "application/json":
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise InvalidRequest("body must be a JSON object with a `request`", field="body")
         init_bytes = mask_bytes = None
+        files = {}
     else:
         raise LatentBridgeError(f"unsupported content type {ctype!r}: send application/json or multipart/form-data",
                                 field="Content-Type", code=ErrorCode.bad_message)
@@ -128,8 +136,13 @@ async def submit(request: web.Request) -> web.Response:
         init_bytes = _b64(parsed.init_image, "init_image")
     if parsed.mask is not None:
         mask_bytes = _b64(parsed.mask, "mask")
+    for role, value in parsed.images.items():
+        if role in ("init", "mask"):
+            raise InvalidRequest(f"send the {role} image as `{'init_image' if role == 'init' else 'mask'}`",
+                                 field=f"images.{role}")
+        files[role] = _b64(value, f"images.{role}")
     job = await submit_job(request.app, parsed.request, init_bytes, mask_bytes, owner=_owner(request),
-                           priority=parsed.priority)
+                           priority=parsed.priority, images=files)
     position = request.app[JOBS_KEY].position(job) or 0
     return web.json_response({"type": "accepted", "job_id": job.id, "client_ref": None, "position": position},
                              status=202, headers={"Location": f"{API}/jobs/{job.id}"})
@@ -173,6 +186,18 @@ async def result(request: web.Request) -> web.Response:
         raise LatentBridgeError(f"job {job_id} has no result {index}", field="index", code=ErrorCode.unknown_job)
     return web.Response(body=png, content_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{job_id}-{index}.png"',
+                                 "Cache-Control": "private, max-age=31536000, immutable"})
+
+
+async def job_input(request: web.Request) -> web.Response:
+    """A stored input of a job (init, mask, control.<i>, reference.<i>) as PNG."""
+    job_id, _status = _job_or_404(request)
+    role = request.match_info["role"]
+    png = await asyncio.to_thread(request.app[JOBS_KEY].store.input_png, job_id, role)
+    if png is None:
+        raise LatentBridgeError(f"job {job_id} has no input {role!r}", field="role", code=ErrorCode.unknown_job)
+    return web.Response(body=png, content_type="image/png",
+                        headers={"Content-Disposition": f'inline; filename="{job_id}-{role}.png"',
                                  "Cache-Control": "private, max-age=31536000, immutable"})
 
 
@@ -224,7 +249,9 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def models(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     available = await asyncio.to_thread(list_models, settings)
+    controlnets = await asyncio.to_thread(list_controlnets, settings)
     return web.json_response({
+        "controlnets": controlnets,
         "current": request.app[ENGINE_KEY].status.model_dump(mode="json"),
         "configured": settings.model,
         "builtin": list(BUILTIN_MODELS),
@@ -267,6 +294,7 @@ def add_rest_routes(app: web.Application) -> None:
     r.add_get(f"{API}/jobs/{{job_id}}/events", events)
     r.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel)
     r.add_get(f"{API}/jobs/{{job_id}}/results/{{index}}", result)
+    r.add_get(f"{API}/jobs/{{job_id}}/inputs/{{role}}", job_input)
     r.add_get(f"{API}/models", models)
     r.add_post(f"{API}/models/load", load_model)
     r.add_get(f"{API}/health", health)

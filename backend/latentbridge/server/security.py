@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from .. import model_dirs
-from ..protocol import BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError
+from ..protocol import BUILTIN_CONTROLNETS, BUILTIN_IP_ADAPTERS, BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError
 from ..settings import Settings
 from .errors import error_response
 
@@ -161,6 +161,27 @@ def resolve_model_name(name: str, settings: Settings, loaded: str | None = None)
         raise LatentBridgeError(f"this server's model is locked to {loaded or settings.model!r} (--lock-model): "
                                 f"requests may not switch it to {resolved!r}", field="model", code=ErrorCode.forbidden)
     return resolved
+
+
+def resolve_control_name(name: str, settings: Settings, field: str) -> str:
+    """A ControlNet or IP-Adapter name from a remote client: a built-in, one the server was
+    configured with, or one inside the ControlNet folders (the same rule as for models)."""
+    name = name.strip()
+    configured = {item.partition("=")[2].strip() for item in settings.controlnet_models}
+    if name in BUILTIN_CONTROLNETS or name in BUILTIN_IP_ADAPTERS or name in configured or name == settings.ip_adapter:
+        return name
+    model_dirs.find(name, settings, dirs=settings.controlnet_dirs, field=field, what="ControlNet",
+                    flag="--controlnet-dirs")
+    return model_dirs.canonical_name(name)
+
+
+def list_controlnets(settings: Settings) -> list[dict[str, str]]:
+    """ControlNets and IP-Adapters a client may name: built-in, configured, inside --controlnet-dirs."""
+    items = [{"name": n, "kind": "builtin"} for n in BUILTIN_CONTROLNETS + BUILTIN_IP_ADAPTERS]
+    items += [{"name": item.partition("=")[2].strip(), "kind": "configured", "type": item.partition("=")[0].strip()}
+              for item in settings.controlnet_models if "=" in item]
+    items += [{"name": e.name, "kind": e.kind} for e in model_dirs.component_entries(settings.controlnet_dirs)]
+    return items
 
 
 def check_lora_names(names: list[str]) -> None:

@@ -133,8 +133,9 @@ class Connection:
         finally:
             for upload_id in message.images.values():  # consumed (or refused) either way
                 self.uploads.pop(upload_id, None)
+        others = {role: payload for role, payload in data.items() if role not in ("init", "mask")}
         job = await submit_job(self.app, message.request, data.get("init"), data.get("mask"), owner=self.owner,
-                               priority=message.priority, fields=("images.init", "images.mask"))
+                               priority=message.priority, fields=("images.init", "images.mask"), images=others)
         jobs = self.app[JOBS_KEY]
         subscription = jobs.subscribe(job.id)  # before any await: no event can be missed
         await self.send_event(AcceptedEvent(job_id=job.id, client_ref=message.client_ref,
