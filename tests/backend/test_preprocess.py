@@ -204,6 +204,17 @@ def test_normals_of_tilted_planes(nearest, channel, sign):
     assert np.abs(np.abs(centre[:, channel] - 127.5) - 127.5 / np.sqrt(2)).max() <= 3
 
 
+def test_normals_of_a_sphere_match_its_exact_normals():
+    # A hemisphere of radius N/2 pixels as a height field: strength 0.5 × N makes the relief exact.
+    size = 129
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    z = np.sqrt(np.clip(1 - x * x - y * y, 0, 1))
+    estimated = encode_normals(normals_from_depth(z.astype(np.float32), strength=0.5, background_threshold=0.0))
+    exact = encode_normals(np.stack([x, -y, z], axis=-1))  # image y runs down; camera y up
+    inner = x * x + y * y < 0.7 ** 2
+    assert np.abs(estimated.astype(np.int32) - exact)[inner].max() <= 2
+
+
 def test_flat_depth_faces_the_viewer_and_background_is_flattened():
     flat = encode_normals(normals_from_depth(np.full((32, 48), 3.0, np.float32)))
     assert (flat.reshape(-1, 3) == FACING).all()
@@ -355,3 +366,14 @@ def test_bad_options_name_the_option(options, field):
 def test_bad_images_are_typed(image):
     err = _error(lambda: preprocess("canny", image, field=FIELD))
     assert err.code == ErrorCode.bad_image and err.field == FIELD
+
+
+def test_an_image_the_estimator_cannot_resize_is_a_bad_image(estimators):
+    # 3000x20 resizes to 112 x 0.7 px: the processor refuses it.
+    err = _error(lambda: preprocess("depth", Image.new("RGB", (3000, 20)), estimators=estimators, field=FIELD))
+    assert err.code == ErrorCode.bad_image and err.field == FIELD and "3000x20" in err.message
+
+
+@pytest.mark.parametrize("name", list(PREPROCESSORS))
+def test_a_single_pixel_image_works(name, estimators):
+    assert preprocess(name, Image.new("RGB", (1, 1), (10, 200, 30)), estimators=estimators).size == (1, 1)

@@ -28,9 +28,10 @@ import numpy as np
 from PIL import Image
 
 from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
-from ..protocol import ErrorCode, LatentBridgeError, OutOfMemory, UnknownModel, Unsupported
+from ..protocol import BadImage, ErrorCode, LatentBridgeError, OutOfMemory, UnknownModel, Unsupported
 from ..settings import Settings
-from . import tiny_estimators
+from . import download, tiny_estimators
+from .models import _first_line, check_safetensors, check_weights_file, hub_offline, looks_like_hub_id, pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ class EstimatorSource:
 def resolve_estimator(name: str, *, field: str = SETTING) -> EstimatorSource:
     """Where the estimator called `name` comes from. The name is the server's own setting (never a
     remote client's), so any local path is accepted, as `--model` accepts one from the CLI."""
-    from .models import looks_like_hub_id
-
     name = name.strip()
     if not name:
         raise UnknownModel(f"empty depth estimator name: {_HINT}", field=field)
@@ -80,8 +79,6 @@ def resolve_estimator(name: str, *, field: str = SETTING) -> EstimatorSource:
 def check_estimator_weights(folder: Path, allow_pickle: bool, *, field: str = SETTING) -> None:
     """Refuse a folder whose only weights are pickle files (they can run code when loaded) unless
     the user opted in, and corrupt .safetensors files; with the model loader's own checks."""
-    from .models import check_safetensors, check_weights_file
-
     files = [f for f in folder.iterdir() if f.is_file()]
     safe = [f for f in files if f.suffix.lower() in SAFE_WEIGHTS]
     pickled = [f for f in files if f.suffix.lower() in PICKLE_WEIGHTS]
@@ -125,7 +122,11 @@ class DepthEstimator:
         import torch
 
         width, height = image.size
-        inputs = self.processor(images=image, return_tensors="pt")
+        try:
+            inputs = self.processor(images=image, return_tensors="pt")
+        except ValueError as exc:  # e.g. a side resized to 0 px: an image far longer than wide
+            raise BadImage(f"{field}: a {width}x{height} image is too long and thin for depth estimator {self.name} "
+                           f"(its processor: {_first_line(exc)[:120]}); pad or crop it nearer to square", field=field) from None
         pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         try:
             with torch.inference_mode():
@@ -138,7 +139,7 @@ class DepthEstimator:
         if "source_sizes" in inspect.signature(post).parameters:  # ZoeDepth removes its padding
             kwargs["source_sizes"] = [(height, width)]
         with torch.inference_mode():
-            depth = post(outputs, **kwargs)[0]["predicted_depth"].float().cpu().numpy()
+            depth = post(outputs, **kwargs)[0]["predicted_depth"].float().cpu().numpy().reshape(height, width)
         if not np.isfinite(depth).all():
             raise LatentBridgeError(f"depth estimator {self.name} returned non-finite values (in {self.dtype}); "
                                     "try --dtype float32", field=field, code=ErrorCode.internal)
@@ -149,8 +150,6 @@ class DepthEstimator:
 
 def load_estimator(source: EstimatorSource, settings: Settings, *, field: str = SETTING) -> DepthEstimator:
     """Load and place an estimator; typed errors say what to pass instead."""
-    from .models import pick_device, pick_dtype
-
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
     if source.kind == "builtin":
@@ -188,9 +187,6 @@ def _fetch(repo_id: str, settings: Settings, field: str) -> Path:
     """The hub repo's local snapshot: downloaded once (configs and weights only), or from the cache."""
     from huggingface_hub import snapshot_download
 
-    from . import download
-    from .models import hub_offline
-
     patterns = _HUB_FILES + ([f"*{suffix}" for suffix in PICKLE_WEIGHTS] if settings.allow_pickle else [])
     offline = hub_offline(settings)
     try:
@@ -202,11 +198,6 @@ def _fetch(repo_id: str, settings: Settings, field: str) -> Path:
                                f"({why} is set): run once with the network, or {_HINT}", field=field) from None
         raise UnknownModel(f"could not get depth estimator {repo_id!r} from the Hugging Face hub: "
                            f"{download.failure_reason(repo_id, exc)}. Instead, {_HINT}", field=field) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class EstimatorCache:
