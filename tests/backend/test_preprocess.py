@@ -331,6 +331,39 @@ def test_estimator_names_that_cannot_be_had(name, code, words):
     assert (err.code, err.field) == (code, FIELD) and words in err.message and "--depth-estimator" in err.message
 
 
+def test_hub_ids_are_fetched_then_loaded_as_folders(monkeypatch, tiny_folder):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_files_only):
+        calls.append((repo_id, allow_patterns, local_files_only))
+        return str(tiny_folder)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = EstimatorCache(Settings(depth_estimator="owner/depth-model")).get()
+    assert type(loaded.model).__name__ == "DepthAnythingForDepthEstimation"
+    repo_id, patterns, offline = calls[0]
+    assert repo_id == "owner/depth-model" and not offline
+    assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".pt", ".pth", ".ckpt")) for p in patterns)
+    EstimatorCache(Settings(depth_estimator="owner/depth-model", allow_pickle=True)).get()
+    assert "*.bin" in calls[1][1]
+
+
+def test_a_hub_that_cannot_be_reached_says_so(monkeypatch):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    err = _error(lambda: EstimatorCache(Settings(depth_estimator="owner/depth-model")).get(field=FIELD))
+    assert err.code == ErrorCode.unknown_model and err.field == FIELD
+    assert "could not be reached" in err.message and "tiny-depth" in err.message
+
+
 def test_folder_without_config_is_refused(tmp_path):
     err = _error(lambda: resolve_estimator(str(tmp_path), field=FIELD))
     assert err.code == ErrorCode.unknown_model and "config.json" in err.message

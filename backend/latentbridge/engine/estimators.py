@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
@@ -119,8 +120,6 @@ class DepthEstimator:
     def disparity(self, image: Image.Image, *, field: str = SETTING) -> np.ndarray:
         """float32 (H, W) at the image's size, larger = nearer: the model's relative disparity, or
         1 / depth for metric models (ControlNet depth maps are disparity, as MiDaS outputs)."""
-        import torch
-
         width, height = image.size
         try:
             inputs = self.processor(images=image, return_tensors="pt")
