@@ -100,9 +100,11 @@ def test_canny_on_a_flat_image_has_no_edges():
 def test_canny_thresholds_are_used_and_default_to_webui_values():
     faint = square_image(background=100, square=110)  # a step of 10 grey levels
     assert array(preprocess("canny", faint)).max() == 0  # defaults 100/200 ignore it
-    assert array(preprocess("canny", faint, options={"low_threshold": 5, "high_threshold": 10})).max() == 255
+    assert array(preprocess("canny", faint, options={"low": 5, "high": 10})).max() == 255
+    # The wire sends options as numbers (JSON floats): whole floats are the integers they name.
+    assert parse_options("canny", {"low": 50.0, "high": 150.0}).low == 50
     defaults = parse_options("canny")
-    assert (defaults.low_threshold, defaults.high_threshold) == (100, 200)
+    assert (defaults.low, defaults.high) == (100, 200)
 
 
 def test_invert_turns_a_drawing_into_white_lines_on_black():
@@ -248,7 +250,7 @@ def test_registry_describes_names_and_options_for_capabilities():
     json.dumps(described)
     by_name = {entry["name"]: entry for entry in described}
     assert {"none", "canny", "depth", "normal"} <= set(by_name)
-    assert by_name["canny"]["options"]["properties"]["low_threshold"]["default"] == 100
+    assert by_name["canny"]["options"]["properties"]["low"]["default"] == 100
     assert by_name["depth"]["needs_estimator"] and not by_name["canny"]["needs_estimator"]
     assert "depth" not in available(Settings()) and "canny" in available(Settings())
     assert {"depth", "normal"} <= set(available(Settings(depth_estimator="tiny-depth")))
@@ -385,9 +387,10 @@ def test_unknown_preprocessor_names_the_field():
 
 
 @pytest.mark.parametrize("options, field", [
-    ({"low": 3}, f"{FIELD}_options.low"),
-    ({"low_threshold": -1}, f"{FIELD}_options.low_threshold"),
-    ({"low_threshold": 250, "high_threshold": 200}, f"{FIELD}_options"),
+    ({"lo": 3}, f"{FIELD}_options.lo"),
+    ({"low": -1}, f"{FIELD}_options.low"),
+    ({"low": 50.5}, f"{FIELD}_options.low"),
+    ({"low": 250, "high": 200}, f"{FIELD}_options"),
     ([1, 2], f"{FIELD}_options"),
 ])
 def test_bad_options_name_the_option(options, field):

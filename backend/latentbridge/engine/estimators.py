@@ -32,7 +32,7 @@ from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
 from ..protocol import BadImage, ErrorCode, LatentBridgeError, OutOfMemory, UnknownModel, Unsupported
 from ..settings import Settings
 from . import download, tiny_estimators
-from .models import _first_line, check_safetensors, check_weights_file, hub_offline, looks_like_hub_id, pick_device, pick_dtype
+from .models import _first_line, _hub_offline, _looks_like_hub_id, check_safetensors, check_weights_file, pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def resolve_estimator(name: str, *, field: str = SETTING) -> EstimatorSource:
         return EstimatorSource("folder", str(path))
     if path.exists():
         raise UnknownModel(f"depth estimator {name!r} is a file; estimators load from a folder: {_HINT}", field=field)
-    if name.startswith((".", "/", "~")) or not looks_like_hub_id(name):
+    if name.startswith((".", "/", "~")) or not _looks_like_hub_id(name):
         raise UnknownModel(f"unknown depth estimator {name!r} (no such folder): {_HINT}", field=field)
     return EstimatorSource("hub", name)
 
@@ -187,7 +187,7 @@ def _fetch(repo_id: str, settings: Settings, field: str) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = _HUB_FILES + ([f"*{suffix}" for suffix in PICKLE_WEIGHTS] if settings.allow_pickle else [])
-    offline = hub_offline(settings)
+    offline = _hub_offline(settings)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
     except Exception as exc:  # huggingface_hub raises many types for "not here / not reachable"

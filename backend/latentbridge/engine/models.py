@@ -92,7 +92,7 @@ _HINT = (
 )
 
 
-def looks_like_hub_id(name: str) -> bool:
+def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and "\\" not in name
 
@@ -119,7 +119,7 @@ def resolve_source(name: str, settings: Settings, *, local: bool = True) -> Mode
         return _source_for_path(path)
     if path.suffix.lower() in SAFE_WEIGHTS + PICKLE_WEIGHTS or name.startswith((".", "/", "~")):
         raise UnknownModel(f"model file {name!r} does not exist: {_HINT}", field="model")
-    if looks_like_hub_id(name):
+    if _looks_like_hub_id(name):
         return ModelSource("hub", name)
     raise UnknownModel(f"unknown model {name!r}: {_HINT}", field="model")
 
@@ -190,7 +190,7 @@ def family_of(pipe) -> str:
     return "sd1"
 
 
-def hub_offline(settings: Settings) -> bool:
+def _hub_offline(settings: Settings) -> bool:
     return settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
@@ -218,7 +218,7 @@ def check_folder_weights(folder: Path, allow_pickle: bool) -> None:
 def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: bool, on_download=None):
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image, DiffusionPipeline
 
-    if hub and not hub_offline(settings):
+    if hub and not _hub_offline(settings):
         # Fetch first (reporting progress), then load the local snapshot like any folder.
         ref, hub = download.fetch(ref, settings.allow_pickle, on_download or (lambda fraction: None)), False
     if not hub:
@@ -226,7 +226,7 @@ def _load_folder_or_hub(ref: str, settings: Settings, dtype: torch.dtype, hub: b
     # allow_pickle permits pickle weights where no safetensors exist; it never prefers them.
     kwargs = dict(dtype=dtype, use_safetensors=None if settings.allow_pickle else True)
     if hub:
-        kwargs["local_files_only"] = hub_offline(settings)
+        kwargs["local_files_only"] = _hub_offline(settings)
     index = Path(ref) / "model_index.json" if not hub else None
     class_name = None
     if index is not None and index.exists():
@@ -318,7 +318,7 @@ def load_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, o
     except LatentBridgeError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
-        if source.kind == "hub" and hub_offline(settings):
+        if source.kind == "hub" and _hub_offline(settings):
             why = "--offline" if settings.offline else "HF_HUB_OFFLINE=1"
             raise UnknownModel(
                 f"{source.ref!r} is not in the local model cache and downloads are off ({why} is set): run once with "

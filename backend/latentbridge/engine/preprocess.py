@@ -40,14 +40,14 @@ class CannyOptions(BaseModel):
     sd-webui-controlnet's (100 / 200)."""
 
     model_config = ConfigDict(extra="forbid")
-    low_threshold: int = Field(100, ge=0, le=2040, description="Edges weaker than this are dropped")
-    high_threshold: int = Field(200, ge=0, le=2040, description="Edges stronger than this are kept; "
+    low: int = Field(100, ge=0, le=2040, description="Edges weaker than this are dropped")
+    high: int = Field(200, ge=0, le=2040, description="Edges stronger than this are kept; "
                                 "those between the two only where they touch a strong one")
 
     @model_validator(mode="after")
     def _ordered(self) -> "CannyOptions":
-        if self.low_threshold > self.high_threshold:
-            raise ValueError("low_threshold must not exceed high_threshold")
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
         return self
 
 
@@ -130,7 +130,7 @@ def _canny(image: Image.Image, options: CannyOptions, estimators, field: str) ->
     import cv2
 
     # On the colour image, as sd-webui-controlnet does (OpenCV takes the strongest channel's gradient).
-    return cv2.Canny(_flatten(image), options.low_threshold, options.high_threshold)
+    return cv2.Canny(_flatten(image), options.low, options.high)
 
 
 def _scribble_xdog(image: Image.Image, options: XdogOptions, estimators, field: str) -> np.ndarray:
