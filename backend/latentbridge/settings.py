@@ -47,6 +47,10 @@ class Settings(BaseModel):
                                    "folders")
     lock_model: bool = Field(False, description="Refuse per-request model switches (shared servers): clients "
                              "use the model the server was started with")
+    depth_estimator: str | None = Field(None, description="Depth estimator for the depth and normal preprocessors: "
+                                        "a transformers depth-estimation hub id (e.g. "
+                                        "depth-anything/Depth-Anything-V2-Small-hf), a local folder, or `tiny-depth` "
+                                        "(random, for tests); unset: those preprocessors are off")
 
     # --- server ---
     host: str = "127.0.0.1"

@@ -1,0 +1,242 @@
+"""Depth estimators for the `depth` and `normal` preprocessors: found, loaded and cached like models.
+
+An estimator is a transformers depth-estimation model (`AutoModelForDepthEstimation`) with its
+image processor (`AutoImageProcessor`): Depth Anything (V1/V2), DPT/MiDaS, ZoeDepth, GLPN, Depth
+Pro... whatever transformers' depth-estimation auto classes load. Sources, as for models:
+
+- `tiny-depth`: built in code with random weights (engine/tiny_estimators.py), for tests.
+- a local folder as `save_pretrained` writes it (config.json, preprocessor_config.json, weights).
+- a hub id (`owner/name`): fetched once into the Hugging Face cache, then loaded from there like a
+  folder; with --offline (or HF_HUB_OFFLINE=1) only the cache is used.
+
+Weights are safetensors only unless the user allowed pickle (`allow_pickle`), checked before
+loading with the model loader's own checks. Device and dtype are the engine's (`pick_device`,
+`pick_dtype`). `EstimatorCache` loads each estimator once and keeps a few (bounded).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
+from ..protocol import BadImage, ErrorCode, LatentBridgeError, OutOfMemory, UnknownModel, Unsupported
+from ..settings import Settings
+from . import download, tiny_estimators
+from .models import _first_line, _hub_offline, _looks_like_hub_id, check_safetensors, check_weights_file, pick_device, pick_dtype
+
+log = logging.getLogger(__name__)
+
+SETTING = "depth_estimator"  # the settings field (flag --depth-estimator) naming the estimator
+_HINT = (
+    "pass --depth-estimator with a local transformers depth-estimation folder (config.json, "
+    "preprocessor_config.json and model.safetensors), a hub id such as "
+    "'depth-anything/Depth-Anything-V2-Small-hf' (downloaded once, needs the network), "
+    "or 'tiny-depth' for the built-in test estimator"
+)
+# transformers depth models whose output is depth (larger = farther), not disparity. Depth
+# Anything says which in its config (`depth_estimation_type`); DPT/MiDaS output disparity.
+_METRIC_MODEL_TYPES = {"zoedepth", "glpn", "depth_pro"}
+# Files a hub fetch takes: configs and weights (pickle weights only when the user allowed them).
+_HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+
+@dataclass(frozen=True)
+class EstimatorSource:
+    kind: str  # "builtin" | "folder" | "hub"
+    ref: str  # built-in name, folder path, or hub id
+
+
+def resolve_estimator(name: str, *, field: str = SETTING) -> EstimatorSource:
+    """Where the estimator called `name` comes from. The name is the server's own setting (never a
+    remote client's), so any local path is accepted, as `--model` accepts one from the CLI."""
+    name = name.strip()
+    if not name:
+        raise UnknownModel(f"empty depth estimator name: {_HINT}", field=field)
+    if tiny_estimators.is_builtin(name):
+        return EstimatorSource("builtin", name)
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModel(f"depth estimator folder {path} has no config.json (not a transformers model): {_HINT}",
+                               field=field)
+        return EstimatorSource("folder", str(path))
+    if path.exists():
+        raise UnknownModel(f"depth estimator {name!r} is a file; estimators load from a folder: {_HINT}", field=field)
+    if name.startswith((".", "/", "~")) or not _looks_like_hub_id(name):
+        raise UnknownModel(f"unknown depth estimator {name!r} (no such folder): {_HINT}", field=field)
+    return EstimatorSource("hub", name)
+
+
+def check_estimator_weights(folder: Path, allow_pickle: bool, *, field: str = SETTING) -> None:
+    """Refuse a folder whose only weights are pickle files (they can run code when loaded) unless
+    the user opted in, and corrupt .safetensors files; with the model loader's own checks."""
+    files = [f for f in folder.iterdir() if f.is_file()]
+    safe = [f for f in files if f.suffix.lower() in SAFE_WEIGHTS]
+    pickled = [f for f in files if f.suffix.lower() in PICKLE_WEIGHTS]
+    if not safe and not pickled:
+        raise UnknownModel(f"depth estimator folder {folder} has no .safetensors weights (a hub fetch takes pickle "
+                           f"weights only with --allow-pickle): {_HINT}", field=field)
+    try:
+        for weights in safe:
+            check_safetensors(weights, field=field, label=f"{folder.name}/{weights.name}")
+        if not safe:
+            check_weights_file(pickled[0], allow_pickle, what="depth estimator")
+    except LatentBridgeError as exc:  # their messages say what to do; the field and code are ours
+        exc.field = field
+        if exc.code == ErrorCode.invalid_request:  # a corrupt file: the estimator failed to load
+            exc.code = ErrorCode.model_load_failed
+        raise
+
+
+@dataclass
+class DepthEstimator:
+    """A loaded estimator, placed on its device."""
+
+    name: str
+    model: object  # a transformers *ForDepthEstimation model, in eval mode
+    processor: object  # its image processor
+    device: object  # torch.device
+    dtype: object  # torch.dtype
+
+    @property
+    def outputs_disparity(self) -> bool:
+        """Whether the model's output grows towards the camera (relative models: inverse depth)."""
+        config = self.model.config
+        kind = getattr(config, "depth_estimation_type", None)
+        if kind is not None:
+            return kind == "relative"
+        return config.model_type not in _METRIC_MODEL_TYPES
+
+    def disparity(self, image: Image.Image, *, field: str = SETTING) -> np.ndarray:
+        """float32 (H, W) at the image's size, larger = nearer: the model's relative disparity, or
+        1 / depth for metric models (ControlNet depth maps are disparity, as MiDaS outputs)."""
+        width, height = image.size
+        try:
+            inputs = self.processor(images=image, return_tensors="pt")
+        except ValueError as exc:  # e.g. a side resized to 0 px: an image far longer than wide
+            raise BadImage(f"{field}: a {width}x{height} image is too long and thin for depth estimator {self.name} "
+                           f"(its processor: {_first_line(exc)[:120]}); pad or crop it nearer to square", field=field) from None
+        pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
+        try:
+            with torch.inference_mode():
+                outputs = self.model(pixel_values=pixel_values)
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemory(f"out of memory running depth estimator {self.name} on a {width}x{height} image") from None
+        outputs.predicted_depth = outputs.predicted_depth.float()
+        post = self.processor.post_process_depth_estimation
+        kwargs = {"target_sizes": [(height, width)]}
+        if "source_sizes" in inspect.signature(post).parameters:  # ZoeDepth removes its padding
+            kwargs["source_sizes"] = [(height, width)]
+        with torch.inference_mode():
+            depth = post(outputs, **kwargs)[0]["predicted_depth"].float().cpu().numpy().reshape(height, width)
+        if not np.isfinite(depth).all():
+            raise LatentBridgeError(f"depth estimator {self.name} returned non-finite values (in {self.dtype}); "
+                                    "try --dtype float32", field=field, code=ErrorCode.internal)
+        if self.outputs_disparity:
+            return depth.astype(np.float32)
+        return (1.0 / np.maximum(depth, 1e-6)).astype(np.float32)
+
+
+def load_estimator(source: EstimatorSource, settings: Settings, *, field: str = SETTING) -> DepthEstimator:
+    """Load and place an estimator; typed errors say what to pass instead."""
+    device = pick_device(settings.device)
+    dtype = pick_dtype(device, settings.dtype)
+    if source.kind == "builtin":
+        model, processor = tiny_estimators.build(source.ref)
+    else:
+        folder = Path(source.ref) if source.kind == "folder" else _fetch(source.ref, settings, field)
+        check_estimator_weights(folder, settings.allow_pickle, field=field)
+        model, processor = _load_folder(folder, settings, dtype, field)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    name = source.ref if source.kind != "folder" else Path(source.ref).name
+    log.info("depth estimator %s loaded (%s, %s on %s)", name, type(model).__name__, str(dtype).removeprefix("torch."), device)
+    return DepthEstimator(name=name, model=model, processor=processor, device=device, dtype=dtype)
+
+
+def _load_folder(folder: Path, settings: Settings, dtype, field: str):
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        # allow_pickle permits pickle weights where no safetensors exist; it never prefers them.
+        model = AutoModelForDepthEstimation.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, use_safetensors=None if settings.allow_pickle else True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise LatentBridgeError(f"could not load depth estimator {folder.name}: {_first_line(exc)}. Instead, {_HINT}",
+                                field=field, code=ErrorCode.model_load_failed) from None
+    if not hasattr(processor, "post_process_depth_estimation"):
+        raise LatentBridgeError(f"{folder.name} is not a depth-estimation model (its image processor "
+                                f"{type(processor).__name__} has no depth post-processing): {_HINT}",
+                                field=field, code=ErrorCode.model_load_failed)
+    return model, processor
+
+
+def _fetch(repo_id: str, settings: Settings, field: str) -> Path:
+    """The hub repo's local snapshot: downloaded once (configs and weights only), or from the cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = _HUB_FILES + ([f"*{suffix}" for suffix in PICKLE_WEIGHTS] if settings.allow_pickle else [])
+    offline = _hub_offline(settings)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    except Exception as exc:  # huggingface_hub raises many types for "not here / not reachable"
+        if offline:
+            why = "--offline" if settings.offline else "HF_HUB_OFFLINE=1"
+            raise UnknownModel(f"depth estimator {repo_id!r} is not in the local model cache and downloads are off "
+                               f"({why} is set): run once with the network, or {_HINT}", field=field) from None
+        raise UnknownModel(f"could not get depth estimator {repo_id!r} from the Hugging Face hub: "
+                           f"{download.failure_reason(repo_id, exc)}. Instead, {_HINT}", field=field) from None
+
+
+class EstimatorCache:
+    """Estimators by name, each loaded once and kept; at most `capacity` (least recently used goes).
+
+    `get()` gives the estimator the settings name (`depth_estimator`); with none set, the depth and
+    normal preprocessors are off and `get` raises `unsupported` saying which setting to pass.
+    Thread-safe: one load at a time."""
+
+    def __init__(self, settings: Settings, *, capacity: int = 2):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.settings = settings
+        self.capacity = capacity
+        self._loaded: OrderedDict[str, DepthEstimator] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.depth_estimator)
+
+    def get(self, name: str | None = None, *, field: str = SETTING, what: str = "this preprocessor") -> DepthEstimator:
+        name = (name or self.settings.depth_estimator or "").strip()
+        if not name:
+            raise Unsupported(f"{what} needs a depth estimator and the server has none: {_HINT}", field=field)
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            estimator = load_estimator(resolve_estimator(name, field=field), self.settings, field=field)
+            self._loaded[name] = estimator
+            while len(self._loaded) > self.capacity:
+                evicted, _ = self._loaded.popitem(last=False)
+                log.info("depth estimator %s unloaded (cache holds %d)", evicted, self.capacity)
+            return estimator
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
