@@ -57,6 +57,7 @@ ENGINE_SETTINGS = [
     "controlnet_dirs",
     "controlnet_models",
     "ip_adapter",
+    "depth_estimator",
     "taesd",
     "offline",
     "max_pixels",

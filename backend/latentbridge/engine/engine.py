@@ -32,7 +32,8 @@ from ..protocol import (
 )
 from .. import images as images_module
 from ..settings import Settings
-from . import control, models, samplers, tiny_control
+from . import control, models, preprocess, samplers, tiny_control
+from .estimators import EstimatorCache
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
 from .preview import LatentPreviewer
@@ -55,6 +56,7 @@ class Engine:
         self._model: models.LoadedModel | None = None
         self._taesd = None
         self._controlnets = control.ControlNetCache(settings, local=local)
+        self._estimators = EstimatorCache(settings)
         self._lock = threading.Lock()
         self._status = ModelStatus(name=settings.model, state=ModelState.loading)
 
@@ -101,7 +103,7 @@ class Engine:
         }
 
     def preprocessor_names(self) -> list[str]:
-        return ["none"]
+        return preprocess.available(self.settings)
 
     @property
     def model(self) -> models.LoadedModel | None:
@@ -269,13 +271,10 @@ class Engine:
             if image is None:
                 raise MissingImage(f"control unit {i} needs its image (the upload with role control.{i})",
                                    field=f"controls.{i}")
-            maps.append(self._preprocess(unit, image.convert("RGB"), f"controls.{i}.preprocessor"))
+            maps.append(preprocess.preprocess(unit.preprocessor, image, options=unit.preprocessor_options,
+                                              estimators=self._estimators, field=f"controls.{i}.preprocessor",
+                                              options_field=f"controls.{i}.preprocessor_options"))
         return control.resolve(self._controlnets, request.controls, maps, model, request.mode)
-
-    def _preprocess(self, unit, image: Image.Image, field: str) -> Image.Image:
-        if unit.preprocessor == "none":
-            return image
-        raise Unsupported(f"unknown preprocessor {unit.preprocessor!r}: use none", field=field)
 
     @contextmanager
     def _seamless(self, model: models.LoadedModel, seamless: Seamless, control_run=None):
