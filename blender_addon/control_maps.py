@@ -142,25 +142,39 @@ def camera_space_normals(normal_world: np.ndarray, camera_to_world: np.ndarray) 
     return np.where(length > 1e-6, cam / np.maximum(length, 1e-12), 0.0)
 
 
+# Sign of camera-space (x, y) in (red, green) per normal-map convention; blue is always +z.
+NORMAL_CONVENTIONS = {
+    # ControlNet 1.1 normalbae (and 1.0): "blue is front, red is left, green is top" — the
+    # convention the ControlNet authors state; the default.
+    "controlnet": (-1.0, 1.0),
+    # DSINE's README: camera axes (right, down, front), outward normals, shown as (n + 1) / 2.
+    "dsine": (1.0, -1.0),
+}
+
+
 def normal_map(
     normal_world: np.ndarray,
     camera_to_world: np.ndarray,
     *,
     foreground: np.ndarray | None = None,
     background: tuple[int, int, int] = FACING_VIEWER,
+    convention: str = "controlnet",
 ) -> np.ndarray:
-    """The Normal pass as a ControlNet normal map (ControlNet 1.1 normalbae convention, which the
-    SDXL normal/Union models follow too): camera-space n → R = (1 - x)/2 ("red is left"),
-    G = (1 + y)/2 ("green is top"), B = (1 + z)/2 ("blue is front"), × 255, rounded.
+    """The Normal pass as a ControlNet normal map. Default convention, ControlNet 1.1 normalbae:
+    camera-space n → R = (1 - x)/2 ("red is left"), G = (1 + y)/2 ("green is top"),
+    B = (1 + z)/2 ("blue is front"), × 255, rounded; "dsine" flips red and green.
 
     Background (no surface, or outside `foreground`) gets `background`, by default the colour of a
     normal facing the viewer — what the normal estimators the models were trained on output for a
     flat backdrop (they never output black, which is no normal at all)."""
+    if convention not in NORMAL_CONVENTIONS:
+        raise ValueError(f"unknown normal-map convention {convention!r} (known: {', '.join(NORMAL_CONVENTIONS)})")
+    sign_x, sign_y = NORMAL_CONVENTIONS[convention]
     cam = camera_space_normals(normal_world, camera_to_world)
     fg = np.linalg.norm(cam, axis=-1) > 0.5
     if foreground is not None:
         fg &= foreground
-    rgb = np.stack([(1.0 - cam[..., 0]) * 0.5, (1.0 + cam[..., 1]) * 0.5, (1.0 + cam[..., 2]) * 0.5], axis=-1)
+    rgb = np.stack([(1.0 + sign_x * cam[..., 0]) * 0.5, (1.0 + sign_y * cam[..., 1]) * 0.5, (1.0 + cam[..., 2]) * 0.5], axis=-1)
     out = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     out[~fg] = np.asarray(background, dtype=np.uint8)
     return out
@@ -320,6 +334,7 @@ def build_maps(
     edge_width: int = 1,
     depth_step: float = 0.05,
     crease_angle: float = 60.0,
+    normal_convention: str = "controlnet",
 ) -> dict[str, np.ndarray]:
     """Every requested control map from one PassSet (off the main thread is fine)."""
     maps: dict[str, np.ndarray] = {}
@@ -327,7 +342,7 @@ def build_maps(
         if kind == "depth":
             maps[kind] = depth_map(passes.get("depth"))
         elif kind == "normal":
-            maps[kind] = normal_map(passes.get("normal"), passes.camera_to_world)
+            maps[kind] = normal_map(passes.get("normal"), passes.camera_to_world, convention=normal_convention)
         elif kind == "segmentation":
             index_kind = _index_pass(segmentation_source)
             labels = passes.object_labels if segmentation_source == "object" else passes.material_labels

@@ -26,6 +26,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Iterable, Iterator
 
 import bpy
@@ -37,7 +38,7 @@ from .control_maps import PASS_KINDS, PassSet
 
 # Cycles samples for the colour when the scene renders with another engine (its own look is not
 # available from a Cycles render anyway); a Cycles scene keeps its own sampling settings.
-COLOR_SAMPLES = 16
+COLOR_SAMPLES = 8
 # Cycles' smallest pixel filter width: every sample lands within 0.005 px of the pixel centre.
 EXACT_FILTER_WIDTH = 0.01
 
@@ -59,13 +60,15 @@ def render_passes(
     size: tuple[int, int] | None = None,
     *,
     samples: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> PassSet:
     """Render `scene` once from its camera and return the `wanted` passes (any of
     "color", "depth", "normal", "object_index", "material_index") at `size` (width, height;
     default: the render resolution with its percentage).
 
     `samples`: Cycles samples; default 1 when no colour is wanted (enough for exact data passes),
-    else the scene's own when it renders with Cycles, else COLOR_SAMPLES."""
+    else the scene's own when it renders with Cycles, else COLOR_SAMPLES. `timings`, if given,
+    receives the seconds spent rendering and reading each file ("render", "passes", "color")."""
     wanted = set(wanted)
     unknown = wanted - set(PASS_KINDS)
     if unknown:
@@ -89,8 +92,10 @@ def render_passes(
     if "material_index" in wanted:
         material_ids, material_labels, material_settings = _unique_indices(m for m in bpy.data.materials)
 
+    clock = _Stopwatch(timings)
     with temporarily(*settings, *object_settings, *material_settings), _temp_dir() as folder:
         bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+        clock.lap("render")
         result = bpy.data.images.get("Render Result")
         if result is None:
             raise CaptureError("Rendering produced no result")
@@ -98,9 +103,11 @@ def render_passes(
         if data_passes:
             exr = _save(result, scene, os.path.join(folder, "passes.exr"), _exr_format(scene))
             arrays.update(_data_passes(render_files.read_exr(exr), view_layer.name, data_passes))
+            clock.lap("passes")
         if "color" in wanted:
             tga = _save(result, scene, os.path.join(folder, "color.tga"), _tga_format(scene))
             arrays["color"] = render_files.read_tga(tga).astype(np.float32) / np.float32(255.0)
+            clock.lap("color")
     rotation = np.array(camera.matrix_world.to_quaternion().to_matrix(), dtype=np.float64)
     return PassSet(
         width=int(width),
@@ -155,7 +162,9 @@ def _render_settings(
         (view_layer, "use", True),
     ]
     if not color:
-        settings.append((cycles, "use_denoising", False))  # nothing to denoise: no colour wanted
+        # Data passes come from the camera rays' first hits: no colour, so no denoising and no
+        # light bounces to trace (transparent bounces still pass alpha-cut surfaces).
+        settings += [(cycles, "use_denoising", False), (cycles, "max_bounces", 0)]
     camera_data = scene.camera.data
     if scene.camera.type == "CAMERA" and camera_data.library is None:
         settings.append((camera_data.dof, "use_dof", False))  # sharp passes, no lens blur
@@ -268,6 +277,17 @@ def _data_passes(channels: dict[str, np.ndarray], layer: str, kinds: list[str]) 
         else:
             out[kind] = next(iter(found.values()))
     return out
+
+
+class _Stopwatch:
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[name] = now - self.last
+        self.last = now
 
 
 @contextlib.contextmanager

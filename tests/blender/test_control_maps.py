@@ -91,6 +91,14 @@ def test_normal_colours_follow_the_controlnet_convention(camera_to_world):
     assert out[0].tolist() == [list(c) for c in CAMERA_NORMAL_COLOURS.values()]
 
 
+def test_normal_dsine_convention_flips_red_and_green():
+    cam = np.array([[-1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    out = cm.normal_map(cam[None], np.eye(3), convention="dsine")
+    assert out[0].tolist() == [[0, 128, 128], [128, 0, 128], [128, 128, 255]]
+    with pytest.raises(ValueError, match="convention"):
+        cm.normal_map(cam[None], np.eye(3), convention="opengl")
+
+
 def test_normal_oblique_within_one_level():
     n = np.array([0.3, -0.4, np.sqrt(1 - 0.25)])
     out = cm.normal_map(n[None, None, :], np.eye(3))[0, 0].astype(float)

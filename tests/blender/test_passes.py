@@ -274,6 +274,7 @@ def _snapshot(scene):
         "border": render.use_border, "blur": render.use_motion_blur, "compositing": render.use_compositing,
         "format": (fmt.file_format, fmt.color_mode, fmt.color_depth, getattr(fmt, "media_type", None)),
         "samples": scene.cycles.samples, "filter": scene.cycles.filter_width, "denoise": scene.cycles.use_denoising,
+        "bounces": scene.cycles.max_bounces,
         "passes": (layer.use_pass_z, layer.use_pass_normal, layer.use_pass_object_index, layer.use_pass_material_index),
         "dof": scene.camera.data.dof.use_dof,
         "indices": {o.name: o.pass_index for o in scene.objects},
@@ -293,7 +294,8 @@ def test_size_option_and_settings_restored(mods):
     assert _snapshot(scene) == before
 
 
-def test_settings_restored_when_reading_fails(mods, monkeypatch):
+@pytest.mark.parametrize("wanted", [ALL, ALL - {"color"}])
+def test_settings_restored_when_reading_fails(mods, monkeypatch, wanted):
     scene, *_ = masks_scene(mods)
     before = _snapshot(scene)
 
@@ -302,7 +304,7 @@ def test_settings_restored_when_reading_fails(mods, monkeypatch):
 
     monkeypatch.setattr(mods["passes"].render_files, "read_exr", broken)
     with pytest.raises(mods["passes"].render_files.RenderFileError):
-        mods["passes"].render_passes(scene, ALL)
+        mods["passes"].render_passes(scene, wanted)
     assert _snapshot(scene) == before
 
 
