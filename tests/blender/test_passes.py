@@ -339,3 +339,33 @@ def test_control_image_shows_exact_bytes_and_packs(mods):
     decoded = np.empty(40 * 24 * 4, np.float32)
     packed.pixels.foreach_get(decoded)
     assert (np.rint(decoded.reshape(24, 40, 4)[::-1, :, :3] * 255).astype(np.uint8) == rgb).all()
+
+
+# ------------------------------------------------------------------------ instanced / linked data
+
+def test_instanced_and_linked_objects_get_indices(mods, tmp_path):
+    scene, a, b, in_a, in_b = masks_scene(mods)
+    # B moves into a collection that is not in the scene, shown through a collection instance.
+    hidden = bpy.data.collections.new("Props")
+    scene.collection.objects.unlink(b)
+    hidden.objects.link(b)
+    holder = bpy.data.objects.new("Props instance", None)
+    holder.instance_type = "COLLECTION"
+    holder.instance_collection = hidden
+    scene.collection.objects.link(holder)
+    # A comes from a library file: linked data cannot be changed, so it keeps its pass index 3.
+    library_file = str(tmp_path / "library.blend")
+    bpy.data.libraries.write(library_file, {a})
+    scene.collection.objects.unlink(a)
+    bpy.data.objects.remove(a)
+    with bpy.data.libraries.load(library_file, link=True) as (source, target):
+        target.objects = ["A"]
+    linked = target.objects[0]
+    assert linked.library is not None and linked.pass_index == 3
+    scene.collection.objects.link(linked)
+
+    passes = mods["passes"].render_passes(scene, {"object_index"})
+    assert passes.object_ids[linked.name_full] == 3
+    assert passes.object_ids[b.name_full] > 3  # new indices start above the linked ones
+    assert (passes.object_mask([b.name_full]) == in_b).all()
+    assert (passes.object_mask([linked.name_full]) == (in_a & ~in_b)).all()
