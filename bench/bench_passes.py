@@ -12,9 +12,10 @@ and world light; five materials, Workbench as the scene engine):
   encoding of every map and of the colour, i.e. what goes on the wire.
 - total = both.
 
-Rows: data passes only (1 sample), and with the colour at 8 samples (passes.COLOR_SAMPLES) (denoiser off and on).
+Rows: data passes only (1 sample, no bounces), and with the colour at passes.COLOR_SAMPLES (8)
+samples, denoiser off and on.
 Figures are medians over --rounds after one warm-up render (the first Cycles render of a session
-also loads its kernels; that cold time is printed separately). For reference, the add-on's current
+may cost more; it is printed separately). For reference, the add-on's current
 separate renders: the Workbench colour render (`capture.render_png`) and the Workbench mask
 render of the selected objects (`capture.object_mask_png`).
 """
@@ -138,10 +139,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     scene = build_scene()
-    print(f"Blender {bpy.app.version_string}, Cycles on CPU ({os.cpu_count()} cores visible), scene engine Workbench")
+    print(f"Blender {bpy.app.version_string}, Cycles on CPU ({os.cpu_count()} cores visible, load average "
+          f"{os.getloadavg()[0]:.1f}), scene engine Workbench")
     start = time.perf_counter()
     passes.render_passes(scene, DATA, size=(64, 64))
-    print(f"cold first Cycles render (kernel load, 64², data passes): {time.perf_counter() - start:.2f} s")
+    print(f"first Cycles render of the session (64², data passes): {time.perf_counter() - start:.2f} s")
     rows = [
         ("data passes only (1 spp)", DATA, False),
         ("colour 8 spp + data, denoiser off", DATA | {"color"}, False),
@@ -156,6 +158,7 @@ def main() -> int:
                   f"{m['main']:7.3f} {m['off']:9.3f} {m['total']:7.3f}")
         colour, mask = reference(scene, size, args.rounds)
         print(f"  reference, today's separate renders: Workbench colour {colour:.3f} s + Workbench mask {mask:.3f} s")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 
