@@ -122,6 +122,7 @@ def reference(scene, size: int, rounds: int) -> tuple[float, float]:
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
     selected = [o for o in scene.objects if o.select_get()]
+    capture.render_png(scene)  # warm-up: the first Workbench render also starts its GL context
     colour, mask = [], []
     for _ in range(rounds):
         start = time.perf_counter()
