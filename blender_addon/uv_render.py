@@ -5,7 +5,7 @@ The UV render is Cycles at 1 sample with a near-zero box pixel filter (each pixe
 surface at its centre, no anti-aliasing that would blend UVs), every object drawn with one
 override material whose emission is (u, v, object number) — the render-active UV map, the one
 an Image Texture node reads by default — and the Z and Normal passes on. The render is saved as
-an uncompressed multilayer EXR (float, no view transform) and read with `exr.read_exr`: exact
+an uncompressed multilayer EXR (float, no view transform) and read with `render_files.read_exr`: exact
 UVs, planar depth and world normals from ONE render, no colour management in the way. Target
 objects are numbered through `pass_index` for the render only; other objects still occlude.
 Several views render in one session (`render_uv_steps`), with persistent data on so Blender
@@ -25,7 +25,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import exr
+from . import render_files
 from .capture import CaptureError, temporarily
 from .projection import ViewSurface
 from .views import ProjectionError, ViewCamera, camera_from_blender
@@ -130,7 +130,8 @@ def render_session(
             raise CaptureError("Rendering produced no result")
         result.save_render(filepath=path, scene=scene)
         with open(path, "rb") as f:
-            return _passes(exr.read_exr(f.read()), layer.name)
+            channels = render_files.read_exr(f.read())
+        return _passes({k: v.astype(np.float32, copy=False) for k, v in channels.items()}, layer.name)
 
     try:
         with temporarily(*settings), _exr_output(scene):
