@@ -36,6 +36,9 @@ from latentbridge.client import AsyncClient
 from latentbridge.protocol import ErrorCode, GenerationRequest, LatentBridgeError
 
 
+ACTION_TIMEOUT_S = 120.0  # a job that no event ends in this long counts as a client left waiting
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -58,6 +61,7 @@ class Soak:
         self.submitted = 0
         self.accepted: dict[str, str] = {}  # job id → what the client did
         self.errors: list[str] = []
+        self.hung: list[str] = []
         self.warm = asyncio.Event()
 
     def request(self) -> GenerationRequest:
@@ -84,22 +88,10 @@ class Soak:
                 action = self.rng.choice(["follow", "follow", "cancel", "drop-accepted", "drop-running", "http"])
                 job = await self.submit(client)
                 self.accepted[job.job_id] = action
-                if action == "follow":
-                    await job.wait()
-                elif action == "cancel":
-                    await asyncio.sleep(self.rng.uniform(0, 0.05))
-                    await client.cancel(job.job_id)
-                    async for _item in job:
-                        pass
-                elif action in ("drop-accepted", "drop-running"):
-                    if action == "drop-running":
-                        await asyncio.sleep(self.rng.uniform(0, 0.1))
-                    await client.close()  # the connection goes; the job must not
-                    client = AsyncClient(self.url, client_name=f"soak-{index}")
-                    await client.connect()
-                    attached = await client.attach(job.job_id)
-                    await attached.wait()
-                else:  # over HTTP only
+                try:
+                    client = await asyncio.wait_for(self.act(client, index, job, action), ACTION_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    self.hung.append(f"{job.job_id} ({action}): the client heard no end of the job in {ACTION_TIMEOUT_S:.0f} s")
                     await client.close()
                     client = AsyncClient(self.url, client_name=f"soak-{index}")
                     await client.connect()
@@ -107,6 +99,29 @@ class Soak:
             self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
         finally:
             await client.close()
+
+    async def act(self, client: AsyncClient, index: int, job, action: str) -> AsyncClient:
+        """Follow, cancel, or drop and re-attach one job; returns the client to go on with."""
+        if action == "follow":
+            await job.wait()
+        elif action == "cancel":
+            await asyncio.sleep(self.rng.uniform(0, 0.05))
+            await client.cancel(job.job_id)
+            async for _item in job:
+                pass
+        elif action in ("drop-accepted", "drop-running"):
+            if action == "drop-running":
+                await asyncio.sleep(self.rng.uniform(0, 0.1))
+            await client.close()  # the connection goes; the job must not
+            client = AsyncClient(self.url, client_name=f"soak-{index}")
+            await client.connect()
+            attached = await client.attach(job.job_id)
+            await attached.wait()
+        else:  # over HTTP only
+            await client.close()
+            client = AsyncClient(self.url, client_name=f"soak-{index}")
+            await client.connect()
+        return client
 
     async def check(self, deadline_s: float) -> tuple[int, int, list[str], list[str]]:
         lost, stuck = [], []
@@ -153,12 +168,13 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> int:
           f"({len(runner.accepted) / wall:.1f} jobs/s): {done} done, {cancelled} cancelled")
     actions = {a: sum(1 for v in runner.accepted.values() if v == a) for a in sorted(set(runner.accepted.values()))}
     print("what the clients did: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
-    print(f"lost results: {len(lost)}   stuck jobs: {len(stuck)}   client errors: {len(runner.errors)}")
+    print(f"lost results: {len(lost)}   stuck jobs: {len(stuck)}   client errors: {len(runner.errors)}   "
+          f"clients left waiting: {len(runner.hung)}")
     print(f"server RSS: {warm_rss:.0f} MB after 50 jobs, {end_rss:.0f} MB at the end "
           f"(drift {100 * (end_rss - warm_rss) / warm_rss:+.1f} %)")
-    for line in (lost + stuck + runner.errors)[:20]:
+    for line in (lost + stuck + runner.errors + runner.hung)[:20]:
         print("  " + line)
-    return 1 if lost or stuck or runner.errors else 0
+    return 1 if lost or stuck or runner.errors or runner.hung else 0
 
 
 def main() -> int:
