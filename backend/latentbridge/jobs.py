@@ -178,6 +178,15 @@ def check_limits(request: GenerationRequest, settings: Settings, init_image: Ima
     if request.mode is Mode.outpaint and init_image is not None:
         ext = request.outpaint
         width, height = init_image.width + ext.left + ext.right, init_image.height + ext.top + ext.bottom
+    if request.hires is not None:
+        # The second pass works at the final size: that is the size the limits apply to.
+        width, height = request.output_size()
+        if width > settings.max_width or height > settings.max_height:
+            raise TooLarge(f"hires makes {width}x{height} images, above this server's limit of "
+                           f"{settings.max_width}x{settings.max_height}", field="hires")
+        if request.hires.steps > settings.max_steps:
+            raise InvalidRequest(f"hires.steps {request.hires.steps} is above this server's limit of "
+                                 f"{settings.max_steps}", field="hires.steps")
     if width * height * request.batch_size > settings.max_pixels:
         raise TooLarge(f"{width}x{height} x {request.batch_size} image(s) is more than this server's limit of "
                        f"{settings.max_pixels} pixels per job", field="width")
@@ -236,6 +245,12 @@ class JobManager:
         """Load another model on the worker thread (after the running job). Raises its error."""
         assert self._loop is not None
         await self._loop.run_in_executor(self._executor, self.engine.load, model)
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run an engine task that is not a generation (upscaling an image) on the worker thread,
+        after the running job: the engine and its device serve one thing at a time. Raises its error."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop accepting, cancel queued and running jobs, wait for the worker, flush records."""

@@ -35,6 +35,11 @@ class Settings(BaseModel):
     cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs")
     taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) id or folder for better previews")
     offline: bool = Field(False, description="Never reach a model hub")
+    upscaler_dirs: list[Path] = Field(default_factory=list,
+                                      description="Folders of upscaler models (ESRGAN, SwinIR, HAT, ... as .safetensors)")
+    embedding_dirs: list[Path] = Field(default_factory=list,
+                                       description="Folders of textual-inversion embeddings (used in prompts by file name)")
+    vae_dirs: list[Path] = Field(default_factory=list, description="Folders of VAEs a request may pick")
 
     # --- server ---
     host: str = "127.0.0.1"
@@ -43,6 +48,7 @@ class Settings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list, description="Browser origins trusted besides none")
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header names accepted")
     data_dir: Path = Field(default_factory=default_data_dir)
+    styles_file: Path | None = Field(None, description="A1111 prompt styles (styles.csv); <data-dir>/styles.csv when unset")
 
     # --- limits ---
     max_body_bytes: int = 64 * 1024 * 1024
@@ -62,7 +68,7 @@ class Settings(BaseModel):
 
 
 # Fields settable from the environment / command line, with their flag names.
-_LIST_FIELDS = {"model_dirs", "lora_dirs", "allowed_origins", "allowed_hosts"}
+_LIST_FIELDS = {"model_dirs", "lora_dirs", "allowed_origins", "allowed_hosts", "upscaler_dirs", "embedding_dirs", "vae_dirs"}
 
 
 def _coerce(name: str, raw: str) -> Any:

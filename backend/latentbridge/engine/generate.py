@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .. import images
-from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode
+from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode, Sampler, Schedule
 from .models import LoadedModel
 from .preview import LatentPreviewer
 from .samplers import FLOW_FAMILIES, make_scheduler
@@ -64,10 +64,30 @@ class _Run:
     on_step: Callable[[StepUpdate], None] | None
     cancel: object | None  # threading.Event
     tile_vae: bool
+    # Upscales an image by name to (width, height) (engine/upscale.py): the hires pass needs it.
+    upscale: Callable[..., Image.Image] | None = None
+    steps_done: int = 0  # steps of the passes already run (the hires fix runs two)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one denoising call uses: the request's own settings, or the hires second pass's.
+    `later` is the steps of the passes still to come, so progress counts over all of them."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: Sampler
+    schedule: Schedule
+    steps: int
+    later: int = 0
+
+
+def first_pass(request: GenerationRequest, later: int = 0) -> Pass:
+    return Pass(request.prompt, request.negative_prompt, request.sampler, request.schedule, request.steps, later=later)
 
 
 class _CleanLatentTap:
@@ -163,41 +183,56 @@ def _nchw_latents(pipe, latents: torch.Tensor, width: int, height: int) -> torch
     return latents
 
 
-def _steps_run(family: str, steps: int, strength: float) -> int:
+def steps_run(family: str, steps: int, strength: float) -> int:
     """How many steps an img2img/inpaint pipeline runs for `strength` (diffusers' own rounding)."""
     if family in FLOW_FAMILIES:  # SD3/Flux pipelines skip int(steps - steps * strength) steps
         return steps - int(max(steps - steps * strength, 0))
     return min(int(steps * strength), steps)
 
 
-def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> list[Image.Image]:
-    """Run one pipeline call and decode its output into PIL images of width x height.
+def at_least_one_step(family: str, steps: int, strength: float) -> float:
+    """`strength`, or the smallest strength that still runs one step when it would run none: A1111
+    runs at least one step however low the denoising strength (that step is the least noisy one)."""
+    strength = max(strength, 1.0 / steps)
+    while steps_run(family, steps, strength) < 1 and strength < 1.0:
+        strength = min(1.0, strength * (1 + 1e-9) + 1e-12)  # absorbs float rounding in steps * strength
+    return strength
+
+
+def _denoise(run: _Run, kind: str, width: int, height: int, step: Pass | None = None, **mode_kwargs) -> list[Image.Image]:
+    """Run one pipeline call and decode its output into PIL images of width x height."""
+    latents = sample(run, kind, width, height, step, **mode_kwargs)
+    run.check_cancel()
+    return decode(run, latents, width, height)
+
+
+def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = None, **mode_kwargs) -> torch.Tensor:
+    """Run one pipeline call; its latents as (B, C, h, w) at the working size.
 
     Transformer models take sizes in multiples of 16: such a size is generated at the next
-    multiple and resized back (init images and masks are resized by the pipeline itself).
+    multiple (`decode` resizes it back; init images and masks are resized by the pipeline itself).
     """
     model, request = run.model, run.request
-    if "strength" in mode_kwargs and _steps_run(model.family, request.steps, mode_kwargs["strength"]) < 1:
-        raise InvalidRequest(
-            f"strength {mode_kwargs['strength']} of {request.steps} steps leaves no step to run: raise strength or steps",
-            field="strength",
-        )
+    step = step or first_pass(request)
+    if "strength" in mode_kwargs:
+        mode_kwargs["strength"] = at_least_one_step(model.family, step.steps, mode_kwargs["strength"])
     pipe = model.pipe(kind)
     multiple = _size_multiple(pipe)
     work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
     generators = _generators(run.seeds)
-    scheduler = make_scheduler(request.sampler, model.scheduler, model.family, seed=run.seeds[0])
+    scheduler = make_scheduler(step.sampler, model.scheduler, model.family, seed=run.seeds[0], schedule=step.schedule)
     if scheduler.config.get("stochastic_sampling", False):
         _feed_generators(scheduler, generators)
     tap = _CleanLatentTap(scheduler)
     pipe.scheduler = scheduler  # one request at a time per engine: see Engine
     started = time.perf_counter()
+    done, seen_total = run.steps_done, [step.steps]
 
     def on_step_end(pipeline, step_index, timestep, callback_kwargs):
         run.check_cancel()
+        total = seen_total[0] = int(getattr(pipeline, "_num_timesteps", 0) or step.steps)
         if run.on_step is not None:
             latents = callback_kwargs["latents"]
-            total = int(getattr(pipeline, "_num_timesteps", 0) or request.steps)
 
             def preview() -> Image.Image | None:
                 if run.previewer is None:
@@ -208,12 +243,12 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
                     image = image.resize((max(1, round(image.width * width / work_w)), max(1, round(image.height * height / work_h))))
                 return image
 
-            run.on_step(StepUpdate(step_index + 1, total, time.perf_counter() - started, preview))
+            run.on_step(StepUpdate(done + step_index + 1, done + total + step.later, time.perf_counter() - started, preview))
         return callback_kwargs
 
     kwargs = dict(
-        prompt=request.prompt,
-        num_inference_steps=request.steps,
+        prompt=step.prompt,
+        num_inference_steps=step.steps,
         guidance_scale=request.guidance,  # Flux: its distilled guidance embedding, not CFG
         num_images_per_prompt=len(run.seeds),
         generator=generators,
@@ -223,15 +258,18 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
         height=work_h,
     )
     if model.family != "flux":  # Flux is guidance-distilled: the engine refuses negative prompts
-        kwargs["negative_prompt"] = request.negative_prompt or None
+        kwargs["negative_prompt"] = step.negative_prompt or None
+    if request.clip_skip > 1:  # diffusers counts the layers skipped: 1 = the penultimate layer
+        kwargs["clip_skip"] = request.clip_skip - 1
     kwargs.update(mode_kwargs)
     run.check_cancel()
     latents = pipe(output_type="latent", **kwargs).images
-    run.check_cancel()
-    return _decode(run, _nchw_latents(pipe, latents, work_w, work_h), width, height)
+    run.steps_done += seen_total[0]
+    return _nchw_latents(pipe, latents, work_w, work_h)
 
 
-def _decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+def decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+    """(B, C, h, w) latents → PIL images of width x height (tiled and seamless as the request says)."""
     model, request = run.model, run.request
     vae = model.base.vae
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
@@ -259,6 +297,10 @@ def _ceil8(v: int) -> int:
 
 def txt2img(run: _Run) -> list[Image.Image]:
     r = run.request
+    if r.hires is not None:
+        from .hires import hires_txt2img
+
+        return hires_txt2img(run)
     if run.model.inpaint_native:
         # A dedicated inpainting model has no text-to-image pipeline: repaint a blank canvas fully.
         blank = Image.new("RGB", (r.width, r.height), (127, 127, 127))

@@ -1,82 +1,75 @@
-"""AUTOMATIC1111 sampler and scheduler names, and the /samplers and /schedulers routes."""
+"""A1111 sampler and scheduler names → our (Sampler, Schedule); the /samplers and /schedulers routes.
+
+Names follow A1111 >= 1.9: a sampler plus a separate `scheduler`, with the older "<sampler>
+<Scheduler>" spellings ("DPM++ 2M Karras") still read. "Automatic" means what it means in A1111:
+the sampler's own choice (Karras for DPM++ 2M, exponential for the SDE ones, evenly spread
+timesteps for Euler and friends). A sampler we cannot run answers A1111's own 404 "Sampler not
+found"; /samplers lists exactly the ones the loaded model can use.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from aiohttp import web
 
-from ...protocol import InvalidRequest, Sampler, Unsupported
-from ..app import capabilities
+from ...infotext import AUTOMATIC, SAMPLERS, SCHEDULERS, A1111Sampler, find_sampler, split_sampler_name
+from ...protocol import Sampler, Schedule, Unsupported
+from ..app import ENGINE_KEY, capabilities
+from .errors import A1111Error, a1111_route
+
+DEFAULT_SAMPLER = "Euler"  # A1111's API default `sampler_index`
 
 
+def resolve_sampler(sampler_name: str | None, scheduler: str | None, *, usable: list[Sampler] | None = None,
+                    schedules=None, field: str = "sampler_name") -> tuple[Sampler, Schedule]:
+    """A1111 sampler (+ scheduler) → our (Sampler, Schedule), or A1111's errors naming the field.
 
-@dataclass(frozen=True)
-class A1111Sampler:
-    name: str
-    sampler: Sampler
-    aliases: tuple[str, ...] = ()
-    karras: Sampler | None = None  # the variant chosen by scheduler "Karras"
-    options: dict[str, str] = field(default_factory=dict)
-
-
-SAMPLERS: tuple[A1111Sampler, ...] = (
-    A1111Sampler("Euler a", Sampler.euler_a, ("k_euler_a", "k_euler_ancestral")),
-    A1111Sampler("Euler", Sampler.euler, ("k_euler",)),
-    A1111Sampler("Heun", Sampler.heun, ("k_heun",)),
-    A1111Sampler("DPM++ 2M", Sampler.dpmpp_2m, ("k_dpmpp_2m",), karras=Sampler.dpmpp_2m_karras),
-    A1111Sampler("DPM++ 2M Karras", Sampler.dpmpp_2m_karras, ("k_dpmpp_2m_ka",), options={"scheduler": "karras"}),
-    # diffusers has only the Karras-sigma flavour of DPM++ SDE; A1111 users almost always pick it.
-    A1111Sampler("DPM++ SDE", Sampler.dpmpp_sde_karras, ("k_dpmpp_sde",), karras=Sampler.dpmpp_sde_karras,
-                 options={"scheduler": "karras"}),
-    A1111Sampler("DPM++ SDE Karras", Sampler.dpmpp_sde_karras, ("k_dpmpp_sde_ka",), options={"scheduler": "karras"}),
-    A1111Sampler("DDIM", Sampler.ddim, ("ddim",)),
-    A1111Sampler("PLMS", Sampler.pndm, ("plms",)),
-    A1111Sampler("UniPC", Sampler.unipc, ("unipc",)),
-    A1111Sampler("LCM", Sampler.lcm, ("k_lcm",)),
-)
-_SAMPLER_BY_NAME = {n.lower(): s for s in SAMPLERS for n in (s.name, *s.aliases)}
-# Our sampler → the A1111 name the infotext and `parameters` report.
-A1111_NAME = {s.sampler: s.name for s in reversed(SAMPLERS)}
-
-# Schedulers (A1111 ≥ 1.9 sends `scheduler` separately). "Automatic"/"Uniform" keep the
-# sampler's own schedule; "Karras" picks the Karras variant where diffusers has one.
-SCHEDULERS = (
-    {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1, "need_inner_model": False},
-    {"name": "uniform", "label": "Uniform", "aliases": None, "default_rho": -1, "need_inner_model": True},
-    {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
-)
-_DEFAULT_SCHEDULERS = {"", "automatic", "uniform"}
+    `usable` are the samplers the loaded model can run (all when None); `schedules(sampler)` the
+    schedules each takes (all when None)."""
+    name, scheduler_entry = split_sampler_name(sampler_name or DEFAULT_SAMPLER, scheduler)
+    entry = find_sampler(name)
+    if entry is None or (usable is not None and entry.sampler not in usable):
+        raise A1111Error("Sampler not found", status=404, field=field,
+                         message=f"sampler {name!r} not found; GET /sdapi/v1/samplers lists the ones this server has")
+    scheduler_field = "hr_scheduler" if field.startswith("hr_") else "scheduler"
+    if scheduler_entry is None:
+        scheduler_entry = AUTOMATIC  # A1111 treats an unknown scheduler name as Automatic
+    takes = schedules(entry.sampler) if schedules is not None else list(Schedule)
+    if scheduler_entry is AUTOMATIC:
+        return entry.sampler, next((s for s in entry.automatic if s in takes), Schedule.default)
+    if not scheduler_entry.supported:
+        raise Unsupported(f"scheduler {scheduler_entry.label!r} is not available here (no diffusers equivalent); "
+                          f"GET /sdapi/v1/schedulers lists the ones that are", field=scheduler_field)
+    if scheduler_entry.schedule not in takes:
+        raise Unsupported(f"scheduler {scheduler_entry.label!r} is not available with sampler {entry.name!r}",
+                          field=scheduler_field)
+    return entry.sampler, scheduler_entry.schedule
 
 
-def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> Sampler:
-    """A1111 sampler (+ scheduler) → our Sampler, or a typed error naming the field."""
-    name = (sampler_name or "Euler").strip()
-    entry = _SAMPLER_BY_NAME.get(name.lower())
-    sched = (scheduler or "").strip().lower()
-    if entry is None and name.lower().endswith(" karras"):
-        # Old-style "<sampler> Karras" names for samplers listed without the suffix.
-        entry = _SAMPLER_BY_NAME.get(name[: -len(" karras")].lower())
-        sched = "karras" if entry is not None else sched
-    if entry is None:
-        names = ", ".join(s.name for s in SAMPLERS)
-        raise InvalidRequest(f"sampler {name!r} not found; available: {names}", field="sampler_name")
-    if sched in _DEFAULT_SCHEDULERS:
-        return entry.sampler
-    if sched == "karras":
-        if entry.karras is None and entry.options.get("scheduler") != "karras":
-            raise Unsupported(f"scheduler 'Karras' is not available with sampler {entry.name!r}", field="scheduler")
-        return entry.karras or entry.sampler
-    raise Unsupported(f"scheduler {scheduler!r} is not supported; use Automatic or Karras", field="scheduler")
+def engine_resolver(app: web.Application):
+    """resolve_sampler bound to what the loaded model can do."""
+    engine = app[ENGINE_KEY]
+    usable = list(capabilities(app).samplers)
+    return lambda name, scheduler, field="sampler_name": resolve_sampler(
+        name, scheduler, usable=usable, schedules=engine.usable_schedules, field=field)
 
 
+def _item(entry: A1111Sampler) -> dict:
+    return {"name": entry.name, "aliases": list(entry.aliases), "options": dict(entry.options)}
 
+
+@a1111_route
 async def samplers(request: web.Request) -> web.Response:
-    # Only what the loaded model can use in this installation (see capabilities()).
     usable = set(capabilities(request.app).samplers)
-    return web.json_response([{"name": s.name, "aliases": list(s.aliases), "options": s.options}
-                              for s in SAMPLERS if s.sampler in usable])
+    return web.json_response([_item(s) for s in SAMPLERS if s.sampler in usable])
 
 
+@a1111_route
 async def schedulers(request: web.Request) -> web.Response:
-    return web.json_response(list(SCHEDULERS))
+    """The schedulers that work here: Automatic, and those some usable sampler takes."""
+    engine = request.app[ENGINE_KEY]
+    takes = {schedule for sampler in capabilities(request.app).samplers for schedule in engine.usable_schedules(sampler)}
+    return web.json_response([s.as_json() for s in SCHEDULERS
+                              if s is AUTOMATIC or (s.supported and s.schedule in takes)])
+
+
+__all__ = ["resolve_sampler", "engine_resolver", "samplers", "schedulers", "SCHEDULERS"]

@@ -1,5 +1,6 @@
-"""What the A1111 layer keeps per app (A1111 reports one global progress state), and accessors
-for the server core underneath."""
+"""What the A1111 layer keeps per app: the calls in flight (A1111 reports one global progress
+state), its options (persisted in the data folder), the checkpoint a client selected, and the
+model-hash cache."""
 
 from __future__ import annotations
 
@@ -9,61 +10,17 @@ from typing import Any
 
 from aiohttp import web
 
-from ...jobs import JobManager
-from ...protocol import ErrorCode, LatentBridgeError, StatusEvent
+from ...model_hash import HashCache
 from ...settings import Settings
 from ..app import ENGINE_KEY, JOBS_KEY, SETTINGS_KEY
-from ..security import list_models, resolve_model_name
 
 PREFIX = "/sdapi/v1"
-
-def _jobs(app: web.Application) -> JobManager:
-    return app[JOBS_KEY]
-
-
-def _settings(app: web.Application) -> Settings:
-    return app[SETTINGS_KEY]
-
-
-def _loaded_model(app: web.Application) -> str | None:
-    return app[ENGINE_KEY].status.name or _settings(app).model
-
-
-def _resolve_model(app: web.Application, name: str) -> str:
-    """A checkpoint name from the client → what the engine may load (inside --model-dirs only)."""
-    return resolve_model_name(name, _settings(app), _loaded_model(app))
-
-
-def _list_models(app: web.Application) -> list[tuple[str, str]]:
-    """(title, filename) of the loaded model, then of every model a client may pick."""
-    loaded = _loaded_model(app)
-    items = [(loaded, loaded)] if loaded else []
-    items += [(m["name"], m["path"]) for m in list_models(_settings(app)) if m["name"] != loaded]
-    return items
-
-
-async def _load_model(app: web.Application, name: str) -> None:
-    try:
-        await _jobs(app).load_model(_resolve_model(app, name))
-    except LatentBridgeError as exc:
-        if exc.field == "model":
-            exc.field = "sd_model_checkpoint"
-        raise
-    except Exception as exc:  # noqa: BLE001 - the reason goes to the client, the server stays up
-        raise LatentBridgeError(f"loading {name!r} failed ({type(exc).__name__})", field="sd_model_checkpoint",
-                                code=ErrorCode.model_load_failed) from None
-
-
-def _status_of(jobs: JobManager, job_id: str) -> StatusEvent | None:
-    found = jobs.get(job_id)
-    if found is None or isinstance(found, StatusEvent):
-        return found
-    return found.status()
-
 
 
 @dataclass
 class Task:
+    """One A1111 generation call: `job_count` jobs (its n_iter batches), run one after another."""
+
     kind: str
     job_count: int
     started: float = field(default_factory=time.time)
@@ -72,6 +29,7 @@ class Task:
     step: int = 0
     total: int = 0
     interrupted: bool = False
+    skipped: bool = False
 
     @property
     def timestamp(self) -> str:
@@ -80,12 +38,33 @@ class Task:
 
 @dataclass
 class A1111State:
+    hashes: HashCache
     tasks: list[Task] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # what clients set (defaults are not stored)
+    # The checkpoint POST /options (or an override kept afterwards) selected: A1111 calls without an
+    # override use it, as A1111 reloads its selected checkpoint. None: whatever is loaded.
+    selected_checkpoint: str | None = None
 
 
 STATE_KEY = web.AppKey("latentbridge_a1111_state", A1111State)
 
 
-def _state(app: web.Application) -> A1111State:
+def state(app: web.Application) -> A1111State:
     return app[STATE_KEY]
+
+
+def settings(app: web.Application) -> Settings:
+    return app[SETTINGS_KEY]
+
+
+def engine(app: web.Application) -> Any:
+    return app[ENGINE_KEY]
+
+
+def jobs(app: web.Application):
+    return app[JOBS_KEY]
+
+
+def owner(request: web.Request) -> str:
+    # Fairness is between clients: each peer address counts as one.
+    return f"a1111:{request.remote or 'local'}"
