@@ -14,7 +14,6 @@ tileable texture stays tileable.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
@@ -156,10 +155,10 @@ class Upscalers:
 
 def spandrel_available() -> bool:
     try:
-        importlib.import_module("spandrel")  # it imports torchvision, which may be missing or broken
+        import spandrel  # it imports torchvision, which may be missing or broken
     except Exception:  # noqa: BLE001 - any import failure means: not usable here
         return False
-    return True
+    return spandrel is not None
 
 
 def _load(path: Path):
