@@ -81,3 +81,12 @@ def test_flow_models_take_euler_with_sigma_schedules_only():
     assert Schedule.trailing not in samplers.schedules_for(Sampler.euler, "flux")
     with pytest.raises(Unsupported):
         samplers.check_sampler(Sampler.dpmpp_2m, Schedule.default, "flux")
+
+
+def test_clip_skip_takes_an_earlier_text_encoder_layer(engine, sdxl_engine):
+    for model in (engine, sdxl_engine):
+        last, _ = _twice(model, sampler="euler")
+        skipped, again = _twice(model, sampler="euler", clip_skip=2)
+        assert np.array_equal(skipped, again) and not np.array_equal(skipped, last)
+        assert not hasattr(model.model.base.text_encoder, "text_model") or \
+            type(model.model.base.text_encoder).__name__ != "CLIPTextModel"  # no alias left behind

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -263,9 +264,25 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
         kwargs["clip_skip"] = request.clip_skip - 1
     kwargs.update(mode_kwargs)
     run.check_cancel()
-    latents = pipe(output_type="latent", **kwargs).images
+    with _text_model_alias(pipe if request.clip_skip > 1 else None):
+        latents = pipe(output_type="latent", **kwargs).images
     run.steps_done += seen_total[0]
     return _nchw_latents(pipe, latents, work_w, work_h)
+
+
+@contextmanager
+def _text_model_alias(pipe):
+    """diffusers' clip_skip reads `text_encoder.text_model.final_layer_norm`; transformers 5's
+    CLIPTextModel is flat (that norm sits on the model itself): alias it for the call."""
+    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
+    if encoder is None or hasattr(encoder, "text_model"):
+        yield
+        return
+    object.__setattr__(encoder, "text_model", encoder)  # a plain attribute, not a child: no module cycle
+    try:
+        yield
+    finally:
+        object.__delattr__(encoder, "text_model")
 
 
 def decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:

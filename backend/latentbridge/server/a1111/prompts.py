@@ -39,8 +39,8 @@ def extract_networks(prompt: str, field: str = "prompt") -> tuple[str, list[Lora
         return ""
 
     text = _EXTRA_NETWORK.sub(take, prompt)
-    if text != prompt:  # tidy what the tags leave behind: doubled spaces, a trailing comma
-        text = re.sub(r"[ \t]{2,}", " ", text).strip(" \t,")
+    if text != prompt:  # tidy what the tags leave behind: doubled spaces, a space before a comma
+        text = re.sub(r"[ \t]+,", ",", re.sub(r"[ \t]{2,}", " ", text)).strip(" \t,")
     return text, loras
 
 
