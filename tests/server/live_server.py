@@ -26,12 +26,13 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout_s: float = 60.0) -> "LiveServer":
+    def start(self, ready_timeout_s: float = 60.0, token: str | None = None) -> "LiveServer":
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
-            health = requests.get(f"{self.url}/api/v1/health", timeout=5).json()
+            health = requests.get(f"{self.url}/api/v1/health", headers=headers, timeout=5).json()
             if health["model"]["state"] == "ready":
                 return self
             time.sleep(0.05)
