@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
+from ..model_dirs import SAFE_WEIGHTS, weight_files
 from ..protocol import ErrorCode, LatentBridgeError
 from ..settings import Settings
 
@@ -62,15 +62,9 @@ _cache = _Cache()
 
 def embedding_files(settings: Settings) -> dict[str, Path]:
     """name → file for every embedding in the folders (recursively; the first of a name wins)."""
-    suffixes = SAFE_WEIGHTS + (PICKLE_WEIGHTS if settings.allow_pickle else ())
     found: dict[str, Path] = {}
-    for base in settings.embedding_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and path.suffix.lower() in suffixes:
-                found.setdefault(path.stem, path)
+    for path in weight_files(settings.embedding_dirs, settings.allow_pickle):
+        found.setdefault(path.stem, path)
     return found
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
+from ..model_dirs import SAFE_WEIGHTS, weight_files
 from ..protocol import Cancelled, ErrorCode, InvalidRequest, LatentBridgeError, Seamless, Unsupported
 from ..settings import Settings
 
@@ -51,16 +51,11 @@ class UpscalerFile:
 
 
 def upscaler_files(settings: Settings) -> list[UpscalerFile]:
-    """The model files in the upscaler folders (recursively; pickle files only when allowed)."""
-    suffixes = SAFE_WEIGHTS + (PICKLE_WEIGHTS if settings.allow_pickle else ())
+    """The model files in the upscaler folders (recursively; pickle files only when allowed; the
+    first file of a name wins)."""
     found: dict[str, UpscalerFile] = {}
-    for base in settings.upscaler_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and path.suffix.lower() in suffixes and path.stem not in found:
-                found[path.stem] = UpscalerFile(path.stem, path)
+    for path in weight_files(settings.upscaler_dirs, settings.allow_pickle):
+        found.setdefault(path.stem, UpscalerFile(path.stem, path))
     return list(found.values())
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS, inside
+from ..model_dirs import SAFE_WEIGHTS, inside, weight_files
 from ..protocol import ErrorCode, LatentBridgeError
 from ..settings import Settings
 
@@ -31,18 +31,12 @@ _LDM_PREFIXES = ("encoder.down.", "decoder.up.", "first_stage_model.", "vae.enco
 def vae_entries(settings: Settings) -> dict[str, Path]:
     """name (relative to its folder) → path of every VAE in the folders: .safetensors files,
     diffusers VAE folders, and pickle files when the user allowed them."""
-    suffixes = SAFE_WEIGHTS + (PICKLE_WEIGHTS if settings.allow_pickle else ())
     found: dict[str, Path] = {}
-    for base in settings.vae_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            name = path.relative_to(base).as_posix()
-            if path.is_dir() and (path / "config.json").exists():
-                found.setdefault(name, path)
-            elif path.is_file() and path.suffix.lower() in suffixes and not (path.parent / "config.json").exists():
-                found.setdefault(name, path)
+    for base in map(Path, settings.vae_dirs):
+        folders = [p.parent for p in sorted(base.rglob("config.json")) if p.parent != base] if base.is_dir() else []
+        files = [p for p in weight_files([base], settings.allow_pickle) if p.parent not in folders]
+        for path in sorted(folders + files):
+            found.setdefault(path.relative_to(base).as_posix(), path)
     return found
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ...model_dirs import PICKLE_WEIGHTS, SAFE_WEIGHTS
+from ...model_dirs import SAFE_WEIGHTS, weight_files
 from ...model_hash import name_hash, safetensors_metadata, short
-from ...protocol import BUILTIN_MODELS, ErrorCode, LatentBridgeError, UnknownModel
+from ...protocol import ErrorCode, LatentBridgeError, UnknownModel
 from ..security import list_models, resolve_model_name
 from .errors import a1111_route
 from .state import engine, jobs, settings, state
@@ -147,47 +147,39 @@ def _sd_model_items(app: web.Application) -> list[dict[str, Any]]:
 
 
 @a1111_route
-async def sd_models(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(_sd_model_items, request.app))
-
-
-@a1111_route
 async def refresh(request: web.Request) -> web.Response:
     """refresh-checkpoints / -vae / -loras / -embeddings: every listing reads the folders afresh,
     so there is nothing to reload; answers as A1111 does."""
     return web.json_response(None)
 
 
-@a1111_route
-async def sd_vae(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(engine(request.app).vaes))
-
-
 def lora_items(app: web.Application) -> list[dict[str, Any]]:
+    """The LoRAs a prompt may name (the files directly in the LoRA folders, as the engine finds them)."""
     cfg = settings(app)
-    suffixes = SAFE_WEIGHTS + (PICKLE_WEIGHTS if cfg.allow_pickle else ())
     items, seen = [], set()
-    for base in cfg.lora_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for path in sorted(base.iterdir()):
-            if path.is_file() and path.suffix.lower() in suffixes and path.stem not in seen:
-                seen.add(path.stem)
-                metadata = safetensors_metadata(path) if path.suffix.lower() in SAFE_WEIGHTS else {}
-                alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
-                items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
+    for path in weight_files(cfg.lora_dirs, cfg.allow_pickle, recursive=False):
+        if path.stem not in seen:
+            seen.add(path.stem)
+            metadata = safetensors_metadata(path) if path.suffix.lower() in SAFE_WEIGHTS else {}
+            alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
+            items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
     return items
 
 
-@a1111_route
-async def loras(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(lora_items, request.app))
+def _listing(fn):
+    """A route answering `fn(app)`, which reads folders (so: off the event loop)."""
+
+    @a1111_route
+    async def route(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(fn, request.app))
+
+    return route
 
 
-@a1111_route
-async def embeddings(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(engine(request.app).embeddings))
+sd_models = _listing(_sd_model_items)
+sd_vae = _listing(lambda app: engine(app).vaes())
+loras = _listing(lora_items)
+embeddings = _listing(lambda app: engine(app).embeddings())
 
 
 @a1111_route
@@ -211,10 +203,6 @@ async def memory(request: web.Request) -> web.Response:
     """A1111's /memory: this process's RAM use, and the accelerator's (or its error)."""
     ram = await asyncio.to_thread(_ram)
     return web.json_response({"ram": ram, "cuda": await asyncio.to_thread(engine(request.app).memory)})
-
-
-def is_builtin(checkpoint: Checkpoint) -> bool:
-    return checkpoint.path is None and checkpoint.name in BUILTIN_MODELS
 
 
 __all__ = ["Checkpoint", "checkpoints", "find_checkpoint", "switch_model", "digest", "UnknownModel"]
