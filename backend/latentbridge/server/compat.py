@@ -13,7 +13,7 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 from PIL import Image
@@ -35,6 +35,8 @@ from ..protocol import (
 )
 from .app import JOBS_KEY, SETTINGS_KEY
 from .submit import resolve_remote_request
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +62,22 @@ async def client_gone(request: web.Request) -> None:
     """Returns once the HTTP client has disconnected (aiohttp does not cancel handlers for it)."""
     while request.transport is not None and not request.transport.is_closing():
         await asyncio.sleep(0.25)
+
+
+async def while_connected(request: web.Request, work: Awaitable[T], on_gone: Callable[[], None]) -> T:
+    """`await work`, unless the HTTP client goes away first: then `on_gone()` (cancel the job or the
+    upscale: nobody wants its result any more) and CancelledError."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            on_gone()
+    if not task.done():
+        raise asyncio.CancelledError()
+    return task.result()
 
 
 async def _follow(jobs: JobManager, job_id: str, subscription: Any,
@@ -109,17 +127,7 @@ async def run_job(request: web.Request, generation: GenerationRequest, init_imag
         on_submit(job.id)
     # Subscribed before anything else runs on the loop, so no event of the job can be missed.
     follow = asyncio.ensure_future(_follow(jobs, job.id, jobs.subscribe(job.id), on_progress))
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait({follow, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not follow.done():
-            jobs.cancel(job.id)
-            follow.cancel()
-    if not follow.done():
-        raise asyncio.CancelledError()
-    state, count = follow.result()
+    state, count = await while_connected(request, follow, lambda: (jobs.cancel(job.id), follow.cancel()))
     pngs = []
     for index in range(count):
         png = jobs.result_png(job.id, index)

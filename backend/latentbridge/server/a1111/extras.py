@@ -24,7 +24,7 @@ from ... import images as image_utils
 from ...infotext import LATENT_UPSCALE_MODES, a1111_parameters, parse_parameters
 from ...model_hash import safetensors_header
 from ...protocol import InvalidRequest, LatentBridgeError, TooLarge, Unsupported
-from ..compat import b64_bytes, client_gone
+from ..compat import b64_bytes, while_connected
 from .errors import a1111_route, parse_body, read_json
 from .imaging import encode_result, read_infotext
 from .options import effective
@@ -170,17 +170,8 @@ async def _run_extras(request: web.Request, sources: list[tuple[str, str]], payl
             encoded.append(encode_result(_png(out, text, last), parameters, options))
         return encoded, last
 
-    run = asyncio.ensure_future(jobs(app).run_exclusive(work))
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not run.done():
-            cancel.set()  # the client left: the upscale stops at its next tile
-    if not run.done():
-        raise asyncio.CancelledError()
-    encoded, info = run.result()
+    # If the client leaves, the upscale stops at its next tile.
+    encoded, info = await while_connected(request, jobs(app).run_exclusive(work), cancel.set)
     return encoded, f"<p>{html.escape(info)}</p>" if info else ""
 
 
