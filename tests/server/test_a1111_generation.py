@@ -191,3 +191,42 @@ async def test_extras_upscale_like_a1111s_postprocessing(client):
             ({"upscaler_1": "Lanczos", "codeformer_visibility": 1}, "unsupported", "codeformer_visibility")):
         status, body = await call(client, "POST", "/sdapi/v1/extra-single-image", {"image": image, **payload})
         assert (body["code"], body["field"]) == (code, field) and status in (413, 422), body
+
+
+# A1111 1.10's Processed.js() keys, its txt2img API fields, and its progress state.
+A1111_INFO_KEYS = {
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds",
+    "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size", "restore_faces",
+    "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w",
+    "seed_resize_from_h", "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts",
+    "styles", "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version"}
+A1111_TXT2IMG_FIELDS = {
+    "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+    "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
+    "restore_faces", "tiling", "do_not_save_samples", "do_not_save_grid", "eta", "denoising_strength", "s_min_uncond",
+    "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings", "override_settings_restore_afterwards",
+    "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks", "firstpass_image", "comments", "enable_hr",
+    "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "force_task_id", "sampler_index", "script_name", "script_args", "send_images", "save_images", "alwayson_scripts",
+    "infotext"}
+A1111_STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
+                    "sampling_step", "sampling_steps"}
+
+
+async def test_response_shapes_are_a1111s(client):
+    status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(batch_size=2))
+    assert status == 200 and set(body) == {"images", "parameters", "info"} and isinstance(body["info"], str)
+    details = info(body)
+    assert set(details) == A1111_INFO_KEYS
+    assert len(details["all_seeds"]) == len(details["all_prompts"]) == len(details["infotexts"]) == 2
+    assert isinstance(details["sd_model_hash"], str) and len(details["sd_model_hash"]) == 10
+    assert set(body["parameters"]) == A1111_TXT2IMG_FIELDS and body["parameters"]["sampler_name"] == "Euler"
+    status, body = await call(client, "POST", "/sdapi/v1/img2img", txt2img(init_images=[png_b64(gradient())]))
+    assert set(body["parameters"]) >= A1111_TXT2IMG_FIELDS | {"init_images", "resize_mode", "mask", "mask_blur",
+                                                              "inpainting_fill", "inpaint_full_res",
+                                                              "inpaint_full_res_padding", "inpainting_mask_invert"}
+    assert body["parameters"]["init_images"] is None and "include_init_images" not in body["parameters"]
+    _, progress = await call(client, "GET", "/sdapi/v1/progress")
+    assert set(progress) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    assert set(progress["state"]) == A1111_STATE_KEYS and progress["state"]["job_count"] == 0

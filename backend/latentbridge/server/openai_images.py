@@ -14,6 +14,7 @@ import asyncio
 import base64
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -157,9 +158,16 @@ def _check(params: _Params) -> None:
         raise InvalidRequest(f"quality must be one of {', '.join(QUALITY_STEPS)}", field="quality")
 
 
-def _request(params: _Params, size: tuple[int, int], mode: Mode = Mode.txt2img,
+def _loaded_id(app: web.Application) -> str:
+    """The loaded model as /v1/models lists it (a configured path shows as its file name)."""
+    name = app[ENGINE_KEY].status.name or app[SETTINGS_KEY].model
+    return Path(name).name if Path(name).is_absolute() else name
+
+
+def _request(app: web.Application, params: _Params, size: tuple[int, int], mode: Mode = Mode.txt2img,
              **fields: Any) -> GenerationRequest:
-    model = None if params.model in (None, "", *OPENAI_MODELS) else params.model
+    # OpenAI's model names and the loaded model's id mean the loaded model; others are ours.
+    model = None if params.model in (None, "", *OPENAI_MODELS, _loaded_id(app)) else params.model
     values: dict[str, Any] = {
         "mode": mode,
         "prompt": params.prompt,
@@ -242,7 +250,7 @@ async def generations(request: web.Request) -> web.Response:
     params = _parse(GenerationParams, await _json(request))
     _check(params)
     family = request.app[ENGINE_KEY].status.family
-    return await _run(request, params, _request(params, _size(params.size, family)))
+    return await _run(request, params, _request(request.app, params, _size(params.size, family)))
 
 
 async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[bytes], bytes | None]:
@@ -291,10 +299,10 @@ async def edits(request: web.Request) -> web.Response:
         if mask.size != init.size:
             raise InvalidRequest(f"mask is {mask.width}x{mask.height} but the image is {init.width}x{init.height}",
                                  field="mask")
-        generation = _request(params, size, Mode.inpaint, strength=params.strength or 1.0,
+        generation = _request(app, params, size, Mode.inpaint, strength=params.strength or 1.0,
                               mask={"blur": 4, "invert": False})
     else:
-        generation = _request(params, size, Mode.img2img, strength=params.strength or 0.75)
+        generation = _request(app, params, size, Mode.img2img, strength=params.strength or 0.75)
     return await _run(request, params, generation, init.convert("RGB"), mask)
 
 
@@ -312,10 +320,9 @@ def _form_value(text: str) -> Any:
 
 
 def _models(app: web.Application) -> list[dict[str, Any]]:
-    engine, settings = app[ENGINE_KEY], app[SETTINGS_KEY]
+    settings = app[SETTINGS_KEY]
     started = int(app.get(_STARTED_KEY, time.time()))
-    entries = [{"id": engine.status.name or settings.model, "object": "model", "created": started,
-                "owned_by": "latentbridge"}]
+    entries = [{"id": _loaded_id(app), "object": "model", "created": started, "owned_by": "latentbridge"}]
     for model in list_models(settings):
         if model["name"] != entries[0]["id"]:
             entries.append({"id": model["name"], "object": "model", "created": started, "owned_by": "latentbridge"})

@@ -76,6 +76,8 @@ async def _context(request: web.Request, payload: dict[str, Any]) -> tuple[Conte
     cfg = settings(app)
     checkpoint = None
     wanted = overrides.get("sd_model_checkpoint") or state(app).selected_checkpoint
+    if wanted is not None and not isinstance(wanted, str):
+        raise InvalidRequest("sd_model_checkpoint must be a string", field="override_settings.sd_model_checkpoint")
     if wanted:
         checkpoint = (await asyncio.to_thread(find_checkpoint, app, wanted)).name
     styles = await asyncio.to_thread(read_styles, styles_file(cfg)) if payload.get("styles") else []

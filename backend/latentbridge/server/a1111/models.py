@@ -34,15 +34,20 @@ class Checkpoint:
     path: Path | None  # its file or folder; None for a built-in or a hub id
 
     @property
+    def display(self) -> str:
+        """Its name as A1111 lists it: a configured path shows as its file or folder name."""
+        return Path(self.name).name if Path(self.name).is_absolute() else self.name
+
+    @property
     def model_name(self) -> str:
-        return Path(self.name).stem if self.path is not None and self.path.is_file() else Path(self.name).name
+        return Path(self.display).stem if self.path is not None and self.path.is_file() else self.display
 
     @property
     def filename(self) -> str:
         return str(self.path) if self.path is not None else self.name
 
     def title(self, digest: str | None) -> str:
-        return f"{self.name} [{short(digest)}]" if digest else self.name
+        return f"{self.display} [{short(digest)}]" if digest else self.display
 
 
 def _local_path(name: str) -> Path | None:
@@ -86,14 +91,14 @@ def cached_digest(app: web.Application, checkpoint: Checkpoint) -> str | None:
 
 
 def find_checkpoint(app: web.Application, value: str) -> Checkpoint:
-    """A client's checkpoint name → the checkpoint: title, file name, name without extension, short
-    (A1111's 10 or the old 8 digits) or full hash; else whatever the server core accepts
-    (a built-in). Blocking (may hash). Raises UnknownModel."""
+    """A client's checkpoint name → the checkpoint: title, file name, name without extension, or a
+    hash (A1111's 10 digits, the full SHA-256, or a prefix of at least 8); else whatever the server
+    core accepts (a built-in). Blocking. Raises UnknownModel."""
     text = value.strip()
     bare = text[: text.rindex(" [")] if text.endswith("]") and " [" in text else text
     listed = checkpoints(app)
     for entry in listed:
-        if bare in (entry.name, entry.model_name, entry.filename):
+        if bare in (entry.name, entry.display, entry.model_name, entry.filename):
             return entry
     for entry in listed:
         known = cached_digest(app, entry)
