@@ -20,24 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
-from .protocol import BadImage, GenerationRequest, InvalidRequest, Mode, OutpaintExtent, Sampler, TooLarge, parse_request
+from .infotext import a1111_parameters  # the A1111 `parameters` text (re-exported: images.a1111_parameters)
+from .protocol import BadImage, GenerationRequest, InvalidRequest, OutpaintExtent, TooLarge, parse_request
 
 REQUEST_CHUNK = "latentbridge"  # PNG text chunk holding the request as JSON
 PARAMETERS_CHUNK = "parameters"  # PNG text chunk A1111 and the tools that read its files use
-
-# Our samplers as AUTOMATIC1111 names them in its `parameters` text.
-A1111_SAMPLER_NAMES = {
-    Sampler.euler: "Euler",
-    Sampler.euler_a: "Euler a",
-    Sampler.dpmpp_2m: "DPM++ 2M",
-    Sampler.dpmpp_2m_karras: "DPM++ 2M Karras",
-    Sampler.dpmpp_sde_karras: "DPM++ SDE Karras",
-    Sampler.ddim: "DDIM",
-    Sampler.unipc: "UniPC",
-    Sampler.lcm: "LCM",
-    Sampler.heun: "Heun",
-    Sampler.pndm: "PLMS",
-}
 
 # ---------------------------------------------------------------------------------------------
 # Decoding
@@ -221,50 +208,6 @@ def read_png_request(data_or_path: bytes | str | os.PathLike) -> GenerationReque
     except ValueError:
         raise BadImage(f"the `{REQUEST_CHUNK}` text chunk is not valid JSON") from None
     return parse_request(data)
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def a1111_parameters(request: GenerationRequest, seed: int | None) -> str:
-    """AUTOMATIC1111's `parameters` text for a result, so other tools can read our PNGs.
-
-    "prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, ..."
-    The negative-prompt line is left out when empty, as A1111 does.
-    """
-    lines = [request.prompt]
-    if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}")
-    fields: list[tuple[str, str]] = [
-        ("Steps", str(request.steps)),
-        ("Sampler", A1111_SAMPLER_NAMES.get(request.sampler, request.sampler.value)),
-        ("CFG scale", _number(request.guidance)),
-        ("Seed", str(seed if seed is not None else (request.seed if request.seed is not None else -1))),
-        ("Size", f"{request.width}x{request.height}"),
-    ]
-    if request.model:
-        fields.append(("Model", request.model))
-    if request.mode is not Mode.txt2img:
-        fields.append(("Denoising strength", _number(request.strength)))
-    if request.mode is Mode.inpaint:
-        fields.append(("Mask blur", str(request.mask.blur)))
-    if request.mode is Mode.outpaint:
-        o = request.outpaint
-        fields.append(("Outpaint", f"{o.left},{o.top},{o.right},{o.bottom}"))
-    if request.seamless.value != "none":
-        fields.append(("Tiling", request.seamless.value))
-    if request.loras:
-        fields.append(("Lora hashes", '"' + ", ".join(f"{lo.name}: {_number(lo.weight)}" for lo in request.loras) + '"'))
-    if request.batch_size > 1:
-        fields.append(("Batch size", str(request.batch_size)))
-    fields.append(("Version", "latentbridge"))
-    # Commas or colons inside a value would break A1111's "key: value, key: value" parser.
-    def quote(v: str) -> str:
-        return json.dumps(v) if ("," in v or ":" in v or "\n" in v) and not v.startswith('"') else v
-
-    lines.append(", ".join(f"{k}: {quote(v)}" for k, v in fields))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,3 +133,16 @@ def component_entries(dirs: list[Path]) -> list[ModelEntry]:
             elif entry.is_file() and entry.suffix.lower() in SAFE_WEIGHTS and not (entry.parent / "config.json").exists():
                 found.append(ModelEntry(name, "single_file", entry))
     return found
+
+
+def weight_files(folders: list[Path], allow_pickle: bool, *, recursive: bool = True) -> list[Path]:
+    """The weights files in `folders` (LoRAs, upscalers, embeddings, VAEs...), sorted per folder:
+    .safetensors always, pickle files only when the user allowed them."""
+    suffixes = SAFE_WEIGHTS + (PICKLE_WEIGHTS if allow_pickle else ())
+    found = []
+    for base in folders:
+        base = Path(base)
+        if base.is_dir():
+            paths = base.rglob("*") if recursive else base.iterdir()
+            found += [p for p in sorted(paths) if p.is_file() and p.suffix.lower() in suffixes]
+    return found

@@ -44,6 +44,10 @@ class Mode(str, Enum):
 
 
 class Sampler(str, Enum):
+    """The solver that steps through the noise schedule (diffusers' schedulers; docs/engine.md maps
+    each to A1111's name). `dpmpp_2m_karras` and `dpmpp_sde_karras` are the older spellings of
+    `dpmpp_2m` / `dpmpp_sde` with `schedule: karras`."""
+
     euler = "euler"
     euler_a = "euler_a"
     dpmpp_2m = "dpmpp_2m"
@@ -54,6 +58,33 @@ class Sampler(str, Enum):
     lcm = "lcm"
     heun = "heun"
     pndm = "pndm"
+    lms = "lms"
+    dpm2 = "dpm2"
+    dpm2_a = "dpm2_a"
+    dpmpp_2s_a = "dpmpp_2s_a"
+    dpmpp_sde = "dpmpp_sde"
+    dpmpp_2m_sde = "dpmpp_2m_sde"
+    dpmpp_2m_sde_heun = "dpmpp_2m_sde_heun"
+    dpmpp_3m_sde = "dpmpp_3m_sde"
+
+
+# The older sampler names that carry their schedule: (sampler, schedule) they stand for.
+KARRAS_SAMPLERS = {Sampler.dpmpp_2m_karras: Sampler.dpmpp_2m, Sampler.dpmpp_sde_karras: Sampler.dpmpp_sde}
+
+
+class Schedule(str, Enum):
+    """Where the sampler's steps fall on the noise scale. `default` keeps the model's own scheduler
+    configuration; `linspace` / `leading` / `trailing` space the timesteps evenly over the whole
+    range / from the start / from the end; `karras`, `exponential` and `beta` pick the noise levels
+    (sigmas) by those formulas. Not every sampler takes every schedule (see capabilities)."""
+
+    default = "default"
+    linspace = "linspace"
+    leading = "leading"
+    trailing = "trailing"
+    karras = "karras"
+    exponential = "exponential"
+    beta = "beta"
 
 
 class Seamless(str, Enum):
@@ -170,6 +201,54 @@ class PreviewOptions(Strict):
     )
 
 
+# Hires-fix upscalers that work on the latents (torch's interpolation modes), before any by name.
+LATENT_UPSCALERS = ("latent", "latent-antialiased", "latent-bicubic", "latent-bicubic-antialiased",
+                    "latent-nearest", "latent-nearest-exact")
+
+
+class HiresOptions(Strict):
+    """A second pass ("hires fix"): the image is generated at `width` x `height`, upscaled, then
+    repainted at the large size with img2img, so it keeps the composition of the base size. The
+    result is `width * scale` x `height * scale`, or `hires.width` x `hires.height` when given (both
+    given: upscaled to cover that size, then centre-cropped); sizes round down to multiples of 8."""
+
+    scale: float = Field(2.0, ge=1.0, le=8.0, description="Upscale factor when hires.width/height are 0")
+    width: int = Field(0, ge=0, le=MAX_SIDE, description="Final width; 0: width * scale (or from height)")
+    height: int = Field(0, ge=0, le=MAX_SIDE, description="Final height; 0: height * scale (or from width)")
+    upscaler: str = Field(
+        "latent", min_length=1, max_length=256,
+        description="latent (bilinear), latent-antialiased, latent-bicubic, latent-bicubic-antialiased, "
+        "latent-nearest, latent-nearest-exact; lanczos, nearest; or an upscaler model in --upscaler-dirs",
+    )
+    steps: int = Field(0, ge=0, le=MAX_STEPS, description="Steps of the second pass; 0: the request's steps")
+    strength: float = Field(0.7, ge=0.0, le=1.0, description="Denoising strength of the second pass")
+    prompt: str | None = Field(None, max_length=10_000, description="Second-pass prompt; the request's when absent")
+    negative_prompt: str | None = Field(None, max_length=10_000)
+    sampler: Sampler | None = Field(None, description="Second-pass sampler; the request's when absent")
+    schedule: Schedule | None = None
+
+    def final_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the result for a first pass of width x height."""
+        if self.width and self.height:
+            w, h = self.width, self.height
+        else:
+            w, h = self.target_size(width, height)
+        return max(8, w - w % 8), max(8, h - h % 8)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the first pass is upscaled to (before the centre crop to `final_size`)."""
+        if not self.width and not self.height:
+            return int(width * self.scale), int(height * self.scale)
+        if not self.height:
+            return self.width, self.width * height // width
+        if not self.width:
+            return self.height * width // height, self.height
+        # Both given: cover the target box keeping the aspect, crop the overflow afterwards.
+        if width / height < self.width / self.height:
+            return self.width, self.width * height // width
+        return self.height * width // height, self.height
+
+
 class GenerationRequest(Strict):
     """A whole generation. Stored with every result, so any image can be regenerated exactly."""
 
@@ -183,6 +262,9 @@ class GenerationRequest(Strict):
     width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     sampler: Sampler = Sampler.euler_a
+    schedule: Schedule = Field(Schedule.default, description="Noise schedule; the model's own by default")
+    clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's output this many layers from the end "
+                           "(A1111's Clip skip; 1 = the last layer)")
     batch_size: int = Field(1, ge=1, le=MAX_BATCH)
     seamless: Seamless = Seamless.none
     mask: MaskOptions = Field(default_factory=MaskOptions)
@@ -193,12 +275,34 @@ class GenerationRequest(Strict):
                                         description="ControlNet units; unit i's image is the upload `control.i`")
     reference: ReferenceImages | None = Field(None, description="Reference images (IP-Adapter)")
     preview: PreviewOptions = Field(default_factory=PreviewOptions)
+    hires: HiresOptions | None = Field(None, description="txt2img only: a second, upscaled pass (hires fix)")
+    vae: str | None = Field(None, min_length=1, max_length=1024,
+                            description="VAE to encode/decode with (a file or folder in --vae-dirs); the model's own when absent")
 
     @model_validator(mode="after")
     def _mode_consistency(self) -> "GenerationRequest":
         if self.mode is Mode.outpaint and not self.outpaint.any:
             raise ValueError("outpaint needs at least one non-zero extent in `outpaint`")
+        if self.sampler in KARRAS_SAMPLERS and self.schedule not in (Schedule.default, Schedule.karras):
+            raise ValueError(f"sampler {self.sampler.value} implies schedule karras; use sampler "
+                             f"{KARRAS_SAMPLERS[self.sampler].value} with schedule {self.schedule.value}")
+        if self.hires is not None and self.mode is not Mode.txt2img:
+            raise ValueError("hires (a second, upscaled pass) is for mode txt2img")
+        if self.hires is not None and self.hires.sampler in KARRAS_SAMPLERS \
+                and self.hires.schedule not in (None, Schedule.default, Schedule.karras):
+            raise ValueError(f"hires.sampler {self.hires.sampler.value} implies schedule karras")
+        if self.hires is not None:
+            w, h = self.hires.final_size(self.width, self.height)
+            if not (64 <= w <= MAX_SIDE and 64 <= h <= MAX_SIDE):
+                raise ValueError(f"hires makes a {w}x{h} image; each side must be 64..{MAX_SIDE}")
         return self
+
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images a txt2img/img2img/inpaint request makes (outpaint adds its
+        extents to the init image's size)."""
+        if self.hires is not None:
+            return self.hires.final_size(self.width, self.height)
+        return self.width, self.height
 
     def needs_init_image(self) -> bool:
         return self.mode is not Mode.txt2img

@@ -51,6 +51,11 @@ class Settings(BaseModel):
                                         "a transformers depth-estimation hub id (e.g. "
                                         "depth-anything/Depth-Anything-V2-Small-hf), a local folder, or `tiny-depth` "
                                         "(random, for tests); unset: those preprocessors are off")
+    upscaler_dirs: list[Path] = Field(default_factory=list,
+                                      description="Folders of upscaler models (ESRGAN, SwinIR, HAT, ... as .safetensors)")
+    embedding_dirs: list[Path] = Field(default_factory=list,
+                                       description="Folders of textual-inversion embeddings (used in prompts by file name)")
+    vae_dirs: list[Path] = Field(default_factory=list, description="Folders of VAEs a request may pick")
 
     # --- server ---
     host: str = "127.0.0.1"
@@ -62,6 +67,7 @@ class Settings(BaseModel):
     resume_jobs: bool = Field(True, description="After a crash or restart, run again the jobs that were queued or "
                               "running (same seed, same images); off: they are marked interrupted")
     log_format: Literal["text", "json"] = Field("text", description="Server log lines as text or as JSON objects")
+    styles_file: Path | None = Field(None, description="A1111 prompt styles (styles.csv); <data-dir>/styles.csv when unset")
 
     # --- limits ---
     max_body_bytes: int = 64 * 1024 * 1024
@@ -81,7 +87,8 @@ class Settings(BaseModel):
 
 
 # Fields settable from the environment / command line, with their flag names.
-_LIST_FIELDS = {"model_dirs", "lora_dirs", "controlnet_dirs", "controlnet_models", "allowed_origins", "allowed_hosts"}
+_LIST_FIELDS = {"model_dirs", "lora_dirs", "controlnet_dirs", "controlnet_models", "upscaler_dirs", "embedding_dirs",
+                "vae_dirs", "allowed_origins", "allowed_hosts"}
 
 
 def _coerce(name: str, raw: str) -> Any:

@@ -15,7 +15,7 @@ from latentbridge.engine import models, tiny
 from latentbridge.engine.generate import _CleanLatentTap, _feed_generators
 from latentbridge.engine.preview import FLUX_FACTORS, SD3_FACTORS, LatentPreviewer
 from latentbridge.engine.samplers import FLOW_SAMPLERS, family_samplers
-from latentbridge.protocol import ErrorCode, InvalidRequest, Mode, Sampler, Seamless, Unsupported
+from latentbridge.protocol import ErrorCode, Mode, Sampler, Seamless, Unsupported
 
 FAMILIES = {"tiny-sd3": "sd3", "tiny-flux": "flux"}
 
@@ -115,15 +115,18 @@ def test_img2img_gives_the_size_and_strength_matters(flow_engine):
     assert not np.array_equal(pixels(light), pixels(heavy))
 
 
-@pytest.mark.parametrize("preset, strength", [("tiny-sd3", 0.0), ("tiny-flux", 0.0), ("tiny", 0.4)])
-def test_a_strength_that_leaves_no_step_is_an_invalid_request_naming_strength(preset, strength):
-    # tiny (UNet): int(2 * 0.4) = 0 steps; SD3/Flux run a step for any strength above 0.
+@pytest.mark.parametrize("preset, strength", [("tiny-sd3", 0.0), ("tiny-flux", 0.0), ("tiny", 0.4), ("tiny", 0.0)])
+def test_a_strength_that_would_leave_no_step_runs_one_step_as_a1111_does(preset, strength):
+    # tiny (UNet): int(2 * 0.4) = 0 steps; SD3/Flux: strength 0 skips every step. A1111 runs at
+    # least one step (the least noisy one) however low the denoising strength: so do we.
     engine = make_engine(preset)
-    with pytest.raises(InvalidRequest) as info:
-        engine.generate(flow_request(mode="img2img", strength=strength), init_image=gradient_image())
-    assert info.value.field == "strength"
-    if preset != "tiny":
-        assert engine.generate(flow_request(mode="img2img", strength=0.05), init_image=gradient_image()).images[0].size == (64, 64)
+    steps: list[tuple[int, int]] = []
+    request = flow_request(mode="img2img", strength=strength)
+    out = engine.generate(request, init_image=gradient_image(), on_step=lambda u: steps.append((u.step, u.total)))
+    assert steps == [(1, 1)] and out.images[0].size == (64, 64)
+    assert out.request.strength == strength  # the request is kept as sent: the same rule regenerates it
+    again = engine.generate(request, init_image=gradient_image()).images[0]
+    assert np.array_equal(pixels(again), pixels(out.images[0]))
 
 
 @pytest.mark.parametrize("only_masked", [False, True])

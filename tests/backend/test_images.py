@@ -137,11 +137,12 @@ def test_png_bad_metadata_and_files(tmp_path):
 def test_a1111_parameters_text():
     text = im.a1111_parameters(_request(), 8)
     prompt1, prompt2, negative, fields = text.split("\n")
-    assert (prompt1, prompt2) == ("weathered bronze, verdigris", "second line")
+    # LoRAs travel in the prompt as A1111 writes them (<lora:name:weight>).
+    assert (prompt1, prompt2) == ("weathered bronze, verdigris", "second line <lora:a:0.8>")
     assert negative == "Negative prompt: blurry"
-    assert fields.startswith("Steps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 8, Size: 64x64, Model: tiny, ")
+    assert fields.startswith("Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 8, "
+                             "Size: 64x64, Model: tiny, ")
     assert "Denoising strength: 0.6" in fields
-    assert 'Lora hashes: "a.safetensors: 0.8"' in fields
     txt = im.a1111_parameters(GenerationRequest(prompt="cat", seed=1, width=512, height=512), 1)
     assert txt == "cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Version: latentbridge"
     assert im.read_png_text(im.encode_png(_rgb(), _request(), seed=9))["parameters"] == im.a1111_parameters(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from server_helpers import WsClient
+
+# The backend tests' model factories (tiny LoRAs, upscalers) serve the compatibility tests too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 from latentbridge.engine import Engine
 from latentbridge.protocol import WS_PATH

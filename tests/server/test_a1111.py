@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from latentbridge import images as image_utils
-from latentbridge.protocol import InvalidRequest, JobState, Sampler, Unsupported
+from latentbridge.protocol import JobState, Sampler, Schedule, Unsupported
+from latentbridge.server.a1111.errors import A1111Error
 from latentbridge.server.a1111 import apply_inpainting_fill, resolve_sampler
 from latentbridge.server.app import JOBS_KEY, create_app
 from latentbridge.settings import load_settings
@@ -98,7 +99,9 @@ async def test_txt2img_webui_payload_batches_and_info(lb):
     info = json.loads(body["info"])
     # A1111 seeding: image i of iteration k gets seed + k * batch_size + i.
     assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235, 1236, 1237]
-    assert info["sampler_name"] == "DPM++ 2M Karras" and info["steps"] == 2 and info["cfg_scale"] == 7.0
+    # A1111 >= 1.9 reports "DPM++ 2M Karras" as sampler "DPM++ 2M" with schedule type Karras.
+    assert info["sampler_name"] == "DPM++ 2M" and info["steps"] == 2 and info["cfg_scale"] == 7.0
+    assert info["extra_generation_params"]["Schedule type"] == "Karras"
     assert info["prompt"] == "weathered bronze, verdigris" and info["negative_prompt"] == "blurry"
     assert info["all_prompts"] == ["weathered bronze, verdigris"] * 4
     assert len(info["infotexts"]) == 4 and "Seed: 1236" in info["infotexts"][2]
@@ -106,7 +109,7 @@ async def test_txt2img_webui_payload_batches_and_info(lb):
     assert body["parameters"]["seed"] == 1234 and body["parameters"]["n_iter"] == 2
     # The PNG carries our full request: the image can be regenerated exactly.
     embedded = image_utils.read_png_request(base64.b64decode(body["images"][3]))
-    assert embedded is not None and embedded.sampler is Sampler.dpmpp_2m_karras
+    assert embedded is not None and (embedded.sampler, embedded.schedule) == (Sampler.dpmpp_2m, Schedule.karras)
 
     # The second iteration (seed 1236, batch of 2) equals a fresh call with that seed, and
     # "DPM++ 2M" + scheduler "Karras" is the same sampler as "DPM++ 2M Karras".
@@ -181,7 +184,7 @@ async def test_progress_while_running_then_interrupt(lb):
         if seen["state"]["sampling_step"] >= 2 and seen["current_image"]:
             break
         await asyncio.sleep(0.02)
-    assert seen["state"]["job"] == "scripts_txt2img" and seen["state"]["job_count"] == 3
+    assert seen["state"]["job"] == "Batch 1 out of 3" and seen["state"]["job_count"] == 3
     assert seen["state"]["sampling_steps"] == 150 and seen["state"]["sampling_step"] >= 2
     assert 0 < seen["progress"] < 1 / 3 and seen["eta_relative"] > 0
     assert decode_png(seen["current_image"]).size[0] > 0
@@ -219,50 +222,24 @@ async def test_client_disconnect_cancels_its_job(lb):
     assert job.state is JobState.cancelled
 
 
-async def test_options_round_trip_and_model_listing(lb):
-    options = await (await lb.get("/sdapi/v1/options")).json()
-    assert options["sd_model_checkpoint"] == "tiny" and options["CLIP_stop_at_last_layers"] == 1
-    status, body = await post_json(lb, "/sdapi/v1/options", {
-        "CLIP_stop_at_last_layers": 2, "samples_format": "png", "inpainting_mask_weight": 1,
-        "some_extension_setting": 5, "sd_model_checkpoint": "tiny"})
-    assert status == 200 and body is None
-    options = await (await lb.get("/sdapi/v1/options")).json()
-    assert options["CLIP_stop_at_last_layers"] == 2 and options["inpainting_mask_weight"] == 1
-    assert "some_extension_setting" not in options
-
-    status, body = await post_json(lb, "/sdapi/v1/options", {"live_previews_enable": "yes"})
-    assert status == 422 and body["code"] == "invalid_request" and body["field"] == "live_previews_enable"
-    assert body["detail"] == body["message"]
-    status, body = await post_json(lb, "/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd [abc123]"})
-    assert status == 422 and body["code"] == "unknown_model"
-    assert (await (await lb.get("/sdapi/v1/options")).json())["sd_model_checkpoint"] == "tiny"
-
-    models = await (await lb.get("/sdapi/v1/sd-models")).json()
-    assert models[0]["title"] == "tiny" and set(models[0]) >= {"title", "model_name", "hash", "filename", "config"}
-    samplers = await (await lb.get("/sdapi/v1/samplers")).json()
-    names = {s["name"] for s in samplers}
-    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "LCM"} <= names
-    assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
-    schedulers = await (await lb.get("/sdapi/v1/schedulers")).json()
-    assert [s["label"] for s in schedulers] == ["Automatic", "Uniform", "Karras"]
-
-
 BAD = [
     ("txt2img", {"steps": 1000}, "invalid_request", "steps"),
     ("txt2img", {"cfg_scale": 99}, "invalid_request", "cfg_scale"),
-    ("txt2img", {"sampler_name": "Nonexistent"}, "invalid_request", "sampler_name"),
     ("txt2img", {"sampler_name": "DDIM", "scheduler": "Karras"}, "unsupported", "scheduler"),
-    ("txt2img", {"scheduler": "Exponential"}, "unsupported", "scheduler"),
+    ("txt2img", {"sampler_name": "LCM", "scheduler": "Exponential"}, "unsupported", "scheduler"),
+    ("txt2img", {"scheduler": "Align Your Steps"}, "unsupported", "scheduler"),
     ("txt2img", {"width": 40}, "invalid_request", "width"),
     ("txt2img", {"seed": "abc"}, "invalid_request", "seed"),
     ("txt2img", {"seed": -5}, "invalid_request", "seed"),
     ("txt2img", {"batch_size": 100}, "invalid_request", "batch_size"),
     ("txt2img", {"n_iter": 0}, "invalid_request", "n_iter"),
-    ("txt2img", {"enable_hr": True}, "unsupported", "enable_hr"),
-    ("txt2img", {"alwayson_scripts": {"controlnet": {"args": []}}}, "unsupported", "alwayson_scripts"),
-    ("txt2img", {"script_name": "x/y/z plot"}, "unsupported", "script_name"),
+    ("txt2img", {"enable_hr": True, "hr_scale": 99}, "invalid_request", "hr_scale"),
+    ("txt2img", {"enable_hr": True, "hr_upscaler": "4x-NoSuchModel"}, "invalid_request", "hr_upscaler"),
+    ("txt2img", {"restore_faces": True}, "unsupported", "restore_faces"),
+    ("txt2img", {"subseed_strength": 0.5}, "unsupported", "subseed_strength"),
+    ("txt2img", {"prompt": "a <hypernet:anime:1>"}, "unsupported", "prompt"),
+    ("txt2img", {"prompt": "a <lora:missing:0.5>"}, "invalid_request", "prompt"),
     ("txt2img", [1, 2], "invalid_request", "body"),
-    ("img2img", {"prompt": "no image"}, "invalid_request", "init_images"),
     ("img2img", {"init_images": ["data:image/png;base64,!!!not base64"]}, "bad_image", "init_images"),
     ("img2img", {"init_images": [b64(b"definitely not an image")]}, "bad_image", "init_images"),
     ("img2img", {"init_images": ["https://example.com/a.png"]}, "unsupported", "init_images"),
@@ -281,7 +258,11 @@ async def test_bad_payloads_get_typed_422_and_server_keeps_serving(lb):
             payload = {"width": SIZE, "height": SIZE, "steps": 2, **payload}
         status, body = await post_json(lb, f"/sdapi/v1/{route}", payload)
         assert (status, body["code"], body["field"]) == (422, code, field), (route, payload, body)
-        assert body["type"] == "error" and body["detail"] == body["message"]
+        assert body["type"] == "error"
+        if isinstance(body["detail"], list):  # a body that does not validate: FastAPI's error list
+            assert body["detail"][0]["loc"][0] == "body" and body["detail"][0]["msg"] and body["detail"][0]["type"]
+        else:
+            assert body["detail"] == body["message"]
     resp = await lb.post("/sdapi/v1/txt2img", data=b"{not json", headers={"Content-Type": "application/json"})
     body = await resp.json()
     assert resp.status == 422 and body["code"] == "bad_message"
@@ -304,24 +285,37 @@ async def test_security_applies_to_a1111_routes(aiohttp_client, tmp_path):
 
 
 def test_sampler_names_as_a1111_spells_them():
-    assert resolve_sampler("Euler a", None) is Sampler.euler_a
-    assert resolve_sampler(None, None) is Sampler.euler  # A1111's default sampler_index
-    assert resolve_sampler("k_euler_a", "") is Sampler.euler_a
-    assert resolve_sampler("euler A", "Automatic") is Sampler.euler_a
-    assert resolve_sampler("DPM++ 2M", "Karras") is Sampler.dpmpp_2m_karras
-    assert resolve_sampler("DPM++ 2M", "Uniform") is Sampler.dpmpp_2m
-    assert resolve_sampler("DPM++ 2M Karras", None) is Sampler.dpmpp_2m_karras
-    assert resolve_sampler("DPM++ SDE Karras", "Karras") is Sampler.dpmpp_sde_karras
-    assert resolve_sampler("DDIM", None) is Sampler.ddim
-    assert resolve_sampler("PLMS", None) is Sampler.pndm
-    assert resolve_sampler("UniPC", None) is Sampler.unipc
-    assert resolve_sampler("LCM", None) is Sampler.lcm
-    with pytest.raises(InvalidRequest) as err:
-        resolve_sampler("LMS", None)
-    assert err.value.field == "sampler_name" and "Euler a" in err.value.message
+    # Automatic is A1111's choice for the sampler: evenly spread timesteps for Euler and friends,
+    # Karras for DPM++ 2M, exponential for the SDE samplers; the model's own for DDIM/PLMS/UniPC.
+    assert resolve_sampler("Euler a", None) == (Sampler.euler_a, Schedule.linspace)
+    assert resolve_sampler(None, None) == (Sampler.euler, Schedule.linspace)  # A1111's default sampler_index
+    assert resolve_sampler("k_euler_a", "")[0] is Sampler.euler_a
+    assert resolve_sampler("euler A", "Automatic")[0] is Sampler.euler_a
+    assert resolve_sampler("DPM++ 2M", None) == (Sampler.dpmpp_2m, Schedule.karras)
+    assert resolve_sampler("DPM++ 2M", "Uniform") == (Sampler.dpmpp_2m, Schedule.linspace)
+    assert resolve_sampler("DPM++ 2M Karras", None) == (Sampler.dpmpp_2m, Schedule.karras)
+    assert resolve_sampler("DPM++ 2M SDE", "automatic") == (Sampler.dpmpp_2m_sde, Schedule.exponential)
+    assert resolve_sampler("DPM++ 2M SDE Karras", None) == (Sampler.dpmpp_2m_sde, Schedule.karras)
+    assert resolve_sampler("DPM++ SDE", "karras") == (Sampler.dpmpp_sde, Schedule.karras)
+    assert resolve_sampler("Euler", "SGM Uniform") == (Sampler.euler, Schedule.trailing)
+    assert resolve_sampler("Euler", "SGMUniform") == (Sampler.euler, Schedule.trailing)
+    assert resolve_sampler("LMS Karras", None) == (Sampler.lms, Schedule.karras)
+    assert resolve_sampler("DDIM", None) == (Sampler.ddim, Schedule.default)
+    assert resolve_sampler("DDIM", "DDIM") == (Sampler.ddim, Schedule.leading)
+    assert resolve_sampler("PLMS", None)[0] is Sampler.pndm
+    assert resolve_sampler("UniPC", "Beta") == (Sampler.unipc, Schedule.beta)
+    assert resolve_sampler("LCM", None)[0] is Sampler.lcm
+    assert resolve_sampler("Euler", "no such scheduler") == (Sampler.euler, Schedule.linspace)  # A1111: Automatic
+    for name in ("DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "Nonexistent"):
+        with pytest.raises(A1111Error) as err:
+            resolve_sampler(name, None)
+        assert (err.value.status, err.value.detail, err.value.field) == (404, "Sampler not found", "sampler_name")
     with pytest.raises(Unsupported) as err:
-        resolve_sampler("UniPC", "Karras")
+        resolve_sampler("Euler", "KL Optimal")
     assert err.value.field == "scheduler"
+    # Bound to what the loaded model can do: a sampler it cannot use is "not found".
+    with pytest.raises(A1111Error):
+        resolve_sampler("DDIM", None, usable=[Sampler.euler, Sampler.euler_a])
 
 
 def test_inpainting_fill_modes_touch_only_the_masked_area():

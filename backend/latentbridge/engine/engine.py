@@ -6,6 +6,7 @@ read from any thread. See docs/architecture.md for the contract.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import secrets
@@ -27,12 +28,14 @@ from ..protocol import (
     ModelStatus,
     OutOfMemory,
     Sampler,
+    Schedule,
     Seamless,
     Unsupported,
 )
 from .. import images as images_module
+from ..protocol import LATENT_UPSCALERS
 from ..settings import Settings
-from . import control, models, preprocess, samplers, tiny_control
+from . import control, embeddings, models, preprocess, samplers, tiny_control, upscale, vae
 from .estimators import EstimatorCache
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
@@ -59,6 +62,8 @@ class Engine:
         self._estimators = EstimatorCache(settings)
         self._lock = threading.Lock()
         self._status = ModelStatus(name=settings.model, state=ModelState.loading)
+        self._upscalers = upscale.Upscalers(settings)
+        self._vaes = vae.VaeOverrides(settings, local=local)
 
     # ---------------------------------------------------------------- state
 
@@ -79,6 +84,10 @@ class Engine:
         """Samplers the loaded model can use (all this installation has while none is loaded)."""
         family = self.status.family
         return samplers.family_samplers(family) if family else samplers.available_samplers()
+
+    def usable_schedules(self, sampler: Sampler) -> list[Schedule]:
+        """Schedules `sampler` takes with the loaded model."""
+        return samplers.schedules_for(sampler, self.status.family)
 
     def usable_seamless(self) -> list[Seamless]:
         """Seamless axes the loaded model can tile (none for transformer models: SD3, Flux)."""
@@ -145,7 +154,7 @@ class Engine:
                 self._set_status(state=ModelState.failed, error=error.message, progress=None)
             raise error from None
         self._model = loaded
-        del current
+        current = None  # dropped: its memory goes back
         _free_memory()
         self._set_status(
             name=name,
@@ -205,16 +214,21 @@ class Engine:
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
-        previewer = self._previewer(model, request) if on_step is not None else None
         tile_vae = self._tile_vae(model, request)
         # On CPU each image of a batch is its own call: batched arithmetic rounds differently, and
         # image i must be bit-identical to a batch-1 request with seed + i (what its PNG embeds).
         # Elsewhere the batch runs in one call, for speed.
         groups = [[s] for s in seeds] if model.device.type == "cpu" else [seeds]
         images: list[Image.Image] = []
+        prompts = [request.prompt, request.negative_prompt]
+        if request.hires is not None:
+            prompts += [request.hires.prompt or "", request.hires.negative_prompt or ""]
         try:
-            with applied_loras(model.base, request.loras, self.settings, local=self.local), \
+            # The VAE override goes in first: the seamless patch and the previews then use it.
+            with self._vaes.applied(model, request.vae), embeddings.applied_embeddings(model.base, prompts, self.settings), \
+                    applied_loras(model.base, request.loras, self.settings, local=self.local), \
                     self._seamless(model, request.seamless, control_run):
+                previewer = self._previewer(model, request) if on_step is not None else None
                 for index, group in enumerate(groups):
                     run = _Run(
                         model=model,
@@ -225,6 +239,7 @@ class Engine:
                         cancel=cancel,
                         tile_vae=tile_vae,
                         control=control_run,
+                        upscale=functools.partial(self._upscale_for_run, model, request.seamless, cancel),
                     )
                     with torch.inference_mode():
                         images += run_mode(run, init_image, mask)
@@ -239,12 +254,26 @@ class Engine:
         return GenerationResult(images=images, seeds=seeds, request=request)
 
     def _check_supported(self, model: models.LoadedModel, request: GenerationRequest) -> None:
+        samplers.check_sampler(request.sampler, request.schedule, model.family)
+        if request.hires is not None:
+            hires = request.hires
+            samplers.check_sampler(hires.sampler or request.sampler,
+                                   hires.schedule if hires.schedule is not None else request.schedule, model.family,
+                                   field="hires.sampler")
+            if hires.upscaler not in LATENT_UPSCALERS and not upscale.is_builtin(hires.upscaler):
+                try:
+                    upscale.find_upscaler(hires.upscaler, self.settings)  # fails before any step runs
+                except LatentBridgeError as exc:
+                    exc.field = "hires.upscaler"
+                    raise
         if request.mode not in models.FAMILY_MODES.get(model.family, set()):
             raise Unsupported(f"mode {request.mode.value} is not supported for {model.family} models", field="mode")
         if request.seamless is not Seamless.none and model.family not in models.SEAMLESS_FAMILIES:
             raise Unsupported(
                 f"seamless tiling needs a convolutional UNet model (SD 1.x/2.x, SDXL), not {model.family}", field="seamless"
             )
+        if request.clip_skip > 1 and model.family == "flux":
+            raise Unsupported("clip_skip is not available for flux models (their pipelines take no clip_skip)", field="clip_skip")
         if request.negative_prompt.strip() and model.family == "flux":
             # Flux is guidance-distilled: `guidance` drives its guidance embedding, and a negative
             # prompt would need a second (true CFG) scale the request does not carry.
@@ -256,8 +285,9 @@ class Engine:
             return True
         if mode == "off":
             return False
-        width = request.width + request.outpaint.left + request.outpaint.right
-        height = request.height + request.outpaint.top + request.outpaint.bottom
+        width, height = request.output_size()
+        width += request.outpaint.left + request.outpaint.right
+        height += request.outpaint.top + request.outpaint.bottom
         return max(width, height) > model.native_size
 
     def _control_run(self, model: models.LoadedModel, request: GenerationRequest,
@@ -275,6 +305,60 @@ class Engine:
                                               estimators=self._estimators, field=f"controls.{i}.preprocessor",
                                               options_field=f"controls.{i}.preprocessor_options"))
         return control.resolve(self._controlnets, request.controls, maps, model, request.mode)
+
+    # ---------------------------------------------------------------- upscaling and extras
+
+    def _upscale_for_run(self, model: models.LoadedModel, seamless: Seamless, cancel, image: Image.Image, name: str,
+                         size: tuple[int, int]) -> Image.Image:
+        try:
+            return self._upscalers.upscale(image, name, size, device=model.device, seamless=seamless, cancel=cancel)
+        except LatentBridgeError as exc:
+            exc.field = "hires.upscaler" if exc.field == "upscaler" else exc.field
+            raise
+
+    def upscale(self, image: Image.Image, upscaler: str, size: tuple[int, int], *, seamless: Seamless = Seamless.none,
+                tile: int = 192, overlap: int = 8, cancel: threading.Event | None = None) -> Image.Image:
+        """`image` upscaled to `size` by name: None/Lanczos/Nearest, or a model in the upscaler folders.
+        Blocking; call it from the worker thread (it uses the model's device)."""
+        device = self._model.device if self._model is not None else models.pick_device(self.settings.device)
+        with torch.inference_mode():
+            return self._upscalers.upscale(image, upscaler, size, device=device, seamless=seamless, tile=tile,
+                                           overlap=overlap, cancel=cancel)
+
+    def upscalers(self) -> list[dict]:
+        """The model upscalers in the upscaler folders: name, path, scale (from the name) and whether
+        spandrel, which runs them, is installed."""
+        available = upscale.spandrel_available()
+        return [{"name": e.name, "path": str(e.path), "scale": e.guessed_scale, "available": available}
+                for e in upscale.upscaler_files(self.settings)]
+
+    def embeddings(self) -> dict[str, dict[str, dict]]:
+        """Textual-inversion embeddings in the embedding folders: the ones that fit the loaded model
+        ("loaded") and the others ("skipped"), as A1111's /embeddings answers."""
+        return embeddings.listing(self.settings, self._model.base if self._model is not None else None)
+
+    def vaes(self) -> list[dict[str, str]]:
+        return vae.vae_listing(self.settings)
+
+    def memory(self) -> dict:
+        """Accelerator memory, as A1111's /memory `cuda` object (or {"error": ...} without CUDA)."""
+        if not torch.cuda.is_available():
+            return {"error": "CUDA is not available"}
+        try:
+            free, total = torch.cuda.mem_get_info()
+            stats = torch.cuda.memory_stats()
+        except RuntimeError as exc:
+            return {"error": str(exc).splitlines()[0][:200] if str(exc) else "unavailable"}
+
+        def pair(name: str) -> dict[str, int]:
+            return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
+
+        return {
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": pair("active_bytes"), "allocated": pair("allocated_bytes"), "reserved": pair("reserved_bytes"),
+            "inactive": pair("inactive_split_bytes"),
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+        }
 
     @contextmanager
     def _seamless(self, model: models.LoadedModel, seamless: Seamless, control_run=None):

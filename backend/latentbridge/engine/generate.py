@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 
 from .. import images
-from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode
+from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode, Sampler, Schedule
 from .control import ControlRun
 from .models import LoadedModel
 from .preview import LatentPreviewer
@@ -68,10 +69,30 @@ class _Run:
     cancel: object | None  # threading.Event
     tile_vae: bool
     control: ControlRun | None = None
+    # Upscales an image by name to (width, height) (engine/upscale.py): the hires pass needs it.
+    upscale: Callable[..., Image.Image] | None = None
+    steps_done: int = 0  # steps of the passes already run (the hires fix runs two)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one denoising call uses: the request's own settings, or the hires second pass's.
+    `later` is the steps of the passes still to come, so progress counts over all of them."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: Sampler
+    schedule: Schedule
+    steps: int
+    later: int = 0
+
+
+def first_pass(request: GenerationRequest, later: int = 0) -> Pass:
+    return Pass(request.prompt, request.negative_prompt, request.sampler, request.schedule, request.steps, later=later)
 
 
 class _CleanLatentTap:
@@ -167,41 +188,56 @@ def _nchw_latents(pipe, latents: torch.Tensor, width: int, height: int) -> torch
     return latents
 
 
-def _steps_run(family: str, steps: int, strength: float) -> int:
+def steps_run(family: str, steps: int, strength: float) -> int:
     """How many steps an img2img/inpaint pipeline runs for `strength` (diffusers' own rounding)."""
     if family in FLOW_FAMILIES:  # SD3/Flux pipelines skip int(steps - steps * strength) steps
         return steps - int(max(steps - steps * strength, 0))
     return min(int(steps * strength), steps)
 
 
-def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> list[Image.Image]:
-    """Run one pipeline call and decode its output into PIL images of width x height.
+def at_least_one_step(family: str, steps: int, strength: float) -> float:
+    """`strength`, or the smallest strength that still runs one step when it would run none: A1111
+    runs at least one step however low the denoising strength (that step is the least noisy one)."""
+    strength = max(strength, 1.0 / steps)
+    while steps_run(family, steps, strength) < 1 and strength < 1.0:
+        strength = min(1.0, strength * (1 + 1e-9) + 1e-12)  # absorbs float rounding in steps * strength
+    return strength
+
+
+def _denoise(run: _Run, kind: str, width: int, height: int, step: Pass | None = None, **mode_kwargs) -> list[Image.Image]:
+    """Run one pipeline call and decode its output into PIL images of width x height."""
+    latents = sample(run, kind, width, height, step, **mode_kwargs)
+    run.check_cancel()
+    return decode(run, latents, width, height)
+
+
+def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = None, **mode_kwargs) -> torch.Tensor:
+    """Run one pipeline call; its latents as (B, C, h, w) at the working size.
 
     Transformer models take sizes in multiples of 16: such a size is generated at the next
-    multiple and resized back (init images and masks are resized by the pipeline itself).
+    multiple (`decode` resizes it back; init images and masks are resized by the pipeline itself).
     """
     model, request = run.model, run.request
-    if "strength" in mode_kwargs and _steps_run(model.family, request.steps, mode_kwargs["strength"]) < 1:
-        raise InvalidRequest(
-            f"strength {mode_kwargs['strength']} of {request.steps} steps leaves no step to run: raise strength or steps",
-            field="strength",
-        )
+    step = step or first_pass(request)
+    if "strength" in mode_kwargs:
+        mode_kwargs["strength"] = at_least_one_step(model.family, step.steps, mode_kwargs["strength"])
     pipe = model.pipe(kind) if run.control is None else model.control_pipe(kind, run.control.controlnet())
     multiple = _size_multiple(pipe)
     work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
     generators = _generators(run.seeds)
-    scheduler = make_scheduler(request.sampler, model.scheduler, model.family, seed=run.seeds[0])
+    scheduler = make_scheduler(step.sampler, model.scheduler, model.family, seed=run.seeds[0], schedule=step.schedule)
     if scheduler.config.get("stochastic_sampling", False):
         _feed_generators(scheduler, generators)
     tap = _CleanLatentTap(scheduler)
     pipe.scheduler = scheduler  # one request at a time per engine: see Engine
     started = time.perf_counter()
+    done, seen_total = run.steps_done, [step.steps]
 
     def on_step_end(pipeline, step_index, timestep, callback_kwargs):
         run.check_cancel()
+        total = seen_total[0] = int(getattr(pipeline, "_num_timesteps", 0) or step.steps)
         if run.on_step is not None:
             latents = callback_kwargs["latents"]
-            total = int(getattr(pipeline, "_num_timesteps", 0) or request.steps)
 
             def preview() -> Image.Image | None:
                 if run.previewer is None:
@@ -212,12 +248,12 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
                     image = image.resize((max(1, round(image.width * width / work_w)), max(1, round(image.height * height / work_h))))
                 return image
 
-            run.on_step(StepUpdate(step_index + 1, total, time.perf_counter() - started, preview))
+            run.on_step(StepUpdate(done + step_index + 1, done + total + step.later, time.perf_counter() - started, preview))
         return callback_kwargs
 
     kwargs = dict(
-        prompt=request.prompt,
-        num_inference_steps=request.steps,
+        prompt=step.prompt,
+        num_inference_steps=step.steps,
         guidance_scale=request.guidance,  # Flux: its distilled guidance embedding, not CFG
         num_images_per_prompt=len(run.seeds),
         generator=generators,
@@ -227,18 +263,37 @@ def _denoise(run: _Run, kind: str, width: int, height: int, **mode_kwargs) -> li
         height=work_h,
     )
     if model.family != "flux":  # Flux is guidance-distilled: the engine refuses negative prompts
-        kwargs["negative_prompt"] = request.negative_prompt or None
+        kwargs["negative_prompt"] = step.negative_prompt or None
+    if request.clip_skip > 1:  # diffusers counts the layers skipped: 1 = the penultimate layer
+        kwargs["clip_skip"] = request.clip_skip - 1
     kwargs.update(mode_kwargs)
     if run.control is not None:
         kwargs.update(run.control.pipeline_kwargs(kind, work_w, work_h))
     run.check_cancel()
-    with run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext():
+    with _text_model_alias(pipe if request.clip_skip > 1 else None), \
+            run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext():
         latents = pipe(output_type="latent", **kwargs).images
-    run.check_cancel()
-    return _decode(run, _nchw_latents(pipe, latents, work_w, work_h), width, height)
+    run.steps_done += seen_total[0]
+    return _nchw_latents(pipe, latents, work_w, work_h)
 
 
-def _decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+@contextmanager
+def _text_model_alias(pipe):
+    """diffusers' clip_skip reads `text_encoder.text_model.final_layer_norm`; transformers 5's
+    CLIPTextModel is flat (that norm sits on the model itself): alias it for the call."""
+    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
+    if encoder is None or hasattr(encoder, "text_model"):
+        yield
+        return
+    object.__setattr__(encoder, "text_model", encoder)  # a plain attribute, not a child: no module cycle
+    try:
+        yield
+    finally:
+        object.__delattr__(encoder, "text_model")
+
+
+def decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+    """(B, C, h, w) latents → PIL images of width x height (tiled and seamless as the request says)."""
     model, request = run.model, run.request
     vae = model.base.vae
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
@@ -266,6 +321,10 @@ def _ceil8(v: int) -> int:
 
 def txt2img(run: _Run) -> list[Image.Image]:
     r = run.request
+    if r.hires is not None:
+        from .hires import hires_txt2img
+
+        return hires_txt2img(run)
     if run.model.inpaint_native:
         # A dedicated inpainting model has no text-to-image pipeline: repaint a blank canvas fully.
         blank = Image.new("RGB", (r.width, r.height), (127, 127, 127))

@@ -109,6 +109,15 @@ def check_limits(request: GenerationRequest, settings: Settings, inputs: dict[st
     if request.mode is Mode.outpaint and init_image is not None:
         ext = request.outpaint
         width, height = init_image.width + ext.left + ext.right, init_image.height + ext.top + ext.bottom
+    if request.hires is not None:
+        # The second pass works at the final size: that is the size the limits apply to.
+        width, height = request.output_size()
+        if width > settings.max_width or height > settings.max_height:
+            raise TooLarge(f"hires makes {width}x{height} images, above this server's limit of "
+                           f"{settings.max_width}x{settings.max_height}", field="hires")
+        if request.hires.steps > settings.max_steps:
+            raise InvalidRequest(f"hires.steps {request.hires.steps} is above this server's limit of "
+                                 f"{settings.max_steps}", field="hires.steps")
     if width * height * request.batch_size > settings.max_pixels:
         raise TooLarge(f"{width}x{height} x {request.batch_size} image(s) is more than this server's limit of "
                        f"{settings.max_pixels} pixels per job", field="width")

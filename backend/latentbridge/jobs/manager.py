@@ -129,6 +129,12 @@ class JobManager:
         log.info("model switch to %s requested by %s", model, requested_by)
         await self._loop.run_in_executor(self._executor, self.engine.load, model)
 
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run an engine task that is not a generation (upscaling an image) on the worker thread,
+        after the running job: the engine and its device serve one thing at a time. Raises its error."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn)
+
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop accepting and stop the running job; queued and running jobs stay in the journal
         (unfinished), so a restart runs them again. Subscribers hear `interrupted`."""

@@ -87,13 +87,19 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
 
 def _add_optional_routes(app: web.Application) -> None:
-    """The A1111-compatible routes, when that module is present and importable."""
+    """The A1111- and OpenAI-compatible routes, when those modules are present and importable."""
     try:
         from .a1111 import add_a1111_routes
     except ImportError as exc:
         log.warning("A1111-compatible routes unavailable: %s", exc)
-        return
-    add_a1111_routes(app)
+    else:
+        add_a1111_routes(app)
+    try:
+        from .openai_images import add_openai_routes
+    except ImportError as exc:
+        log.warning("OpenAI-compatible routes unavailable: %s", exc)
+    else:
+        add_openai_routes(app)
 
 
 __all__ = ["create_app", "capabilities", "SETTINGS_KEY", "ENGINE_KEY", "JOBS_KEY", "WEBSOCKETS_KEY",
