@@ -87,6 +87,8 @@ def install_addon() -> dict[str, Any]:
         connection=importlib.import_module(ADDON_MODULE + ".connection"),
         png=importlib.import_module(ADDON_MODULE + ".png"),
         wire=importlib.import_module(ADDON_MODULE + ".wire"),
+        **{name: importlib.import_module(f"{ADDON_MODULE}.{name}")
+           for name in ("animation", "exr", "feedback", "operators", "properties", "results", "session")},
     )
     return _installed
 
@@ -134,6 +136,15 @@ class FakeConnection:
         self.url, self.token, self.alive = "ws://127.0.0.1:7423/api/v1/ws", "", True
         self.server_hello = {"type": "hello", "server": "latentbridge/test"}
         self._n = 0
+
+    def retry_in(self):
+        return 2.0 if self.state == "RETRYING" else None
+
+    def attach(self, job_id):
+        self.sent.append(("attach", job_id))
+
+    def refresh_models(self):
+        self.sent.append(("models",))
 
     def feed(self, item):
         self.items.append(item)

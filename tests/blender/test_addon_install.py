@@ -71,7 +71,9 @@ def test_request_from_settings(scene):
     scene.render.resolution_y = 64
     assert settings.request_size(scene) == (96, 64)
 
-    settings.mode, settings.texture_seamless = "texture", "x"
+    settings.mode = "texture"
+    assert settings.seamless == "xy"  # one seamless setting; a texture tiles unless told otherwise
+    settings.seamless = "x"
     request = settings.build_request(scene, 1)
     assert request["mode"] == "txt2img" and request["seamless"] == "x"
 

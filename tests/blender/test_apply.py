@@ -48,7 +48,7 @@ def _running_1024_job(addon, scene):
     controller = ctl_mod.controller
     fake = lb_blender.FakeConnection(addon["connection"])
     controller.connection = fake
-    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024})
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024}, epoch=controller.epoch)
     job.job_id, job.state = "j1", "running"
     controller.jobs[job.client_ref] = job
     return controller, fake, job
@@ -106,7 +106,7 @@ def test_latest_preview_wins_in_one_tick(addon, scene):
     controller = ctl_mod.controller
     fake = lb_blender.FakeConnection(conn_mod)
     controller.connection = fake
-    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img"})
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img"}, epoch=controller.epoch)
     job.job_id = "j1"
     controller.jobs[job.client_ref] = job
     old, _ = _jpeg(64, 64, 1)

@@ -103,7 +103,7 @@ def test_texture_on_selected_cube(connected, scene):
     import bpy
 
     cube = scene.objects["Cube"]
-    _settings(scene, mode="texture", texture_seamless="xy")
+    _settings(scene, mode="texture", seamless="xy")
     assert bpy.ops.latentbridge.generate_texture() == {"FINISHED"}
     node = cube.active_material.node_tree.nodes["Latent Bridge Texture"]
     assert node.image.name == "Latent Bridge Preview"
