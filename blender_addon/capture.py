@@ -137,9 +137,20 @@ _last: dict[str, Render] = {}  # scene name → its last render
 def note_changes(_scene: Any, depsgraph: Any) -> None:
     """depsgraph_update_post: a change that could alter a render invalidates the reused one."""
     for update in depsgraph.updates:
-        if not isinstance(update.id, _IGNORED_UPDATES + (bpy.types.Scene,)):
-            _Changes.count += 1
-            return
+        if isinstance(update.id, _IGNORED_UPDATES + (bpy.types.Scene, bpy.types.Collection)):
+            continue
+        # Adding any data block rebuilds the depsgraph's relations, which reports every object
+        # with a shading update; a real change of an object moves or reshapes it.
+        if isinstance(update.id, bpy.types.Object) and not (update.is_updated_transform or update.is_updated_geometry):
+            continue
+        _Changes.count += 1
+        return
+
+
+def _flush_changes(scene: bpy.types.Scene) -> None:
+    """Evaluate pending changes now, so `note_changes` has counted them."""
+    for layer in scene.view_layers:
+        layer.update()
 
 
 def _render_key(scene: bpy.types.Scene, masked: tuple[str, ...]) -> tuple:
@@ -156,9 +167,9 @@ def render(scene: bpy.types.Scene, mask_objects: list[bpy.types.Object] | None =
     if scene.camera is None:
         raise CaptureError("The scene has no active camera to render from")
     masked = tuple(sorted(o.name for o in mask_objects or ()))
-    key = _render_key(scene, masked)
+    _flush_changes(scene)
     last = _last.get(scene.name)
-    if reuse and last is not None and last.key == key:
+    if reuse and last is not None and last.key == _render_key(scene, masked):
         return last
     if mask_objects is not None and scene.render.engine in INDEX_PASS_ENGINES:
         result = _render_with_index(scene, mask_objects)
@@ -166,7 +177,8 @@ def render(scene: bpy.types.Scene, mask_objects: list[bpy.types.Object] | None =
         result = Render(_render_to_png(scene))
         if mask_objects is not None:
             result.mask = object_mask(scene, mask_objects)
-    result.key = key
+    _flush_changes(scene)  # our own temporary changes (pass indices…) are put back by now
+    result.key = _render_key(scene, masked)
     _last[scene.name] = result
     return result
 
