@@ -163,7 +163,7 @@ class LATENTBRIDGE_OT_generate(bpy.types.Operator):
 
     def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
         result = self.execute(context)
-        if result != {"FINISHED"} or context.window is None:
+        if result != {"FINISHED"} or context.window is None or bpy.app.background:
             return result
         self._timer = context.window_manager.event_timer_add(0.25, window=context.window)
         context.window_manager.modal_handler_add(self)

@@ -127,7 +127,7 @@ class LATENTBRIDGE_OT_show_error(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         text = context.scene.latentbridge.error
         self.report({"ERROR"}, text)  # the Info log keeps it whole too
-        if context.window is not None:
+        if context.window is not None and not bpy.app.background:  # no popups without a screen
             def draw(menu, _context):
                 for line in wrap(text, 600):
                     menu.layout.label(text=line)

@@ -88,7 +88,7 @@ def install_addon() -> dict[str, Any]:
         png=importlib.import_module(ADDON_MODULE + ".png"),
         wire=importlib.import_module(ADDON_MODULE + ".wire"),
         **{name: importlib.import_module(f"{ADDON_MODULE}.{name}")
-           for name in ("animation", "exr", "feedback", "operators", "properties", "results", "session")},
+           for name in ("animation", "exr", "feedback", "menus", "operators", "properties", "results", "session")},
     )
     return _installed
 
