@@ -24,3 +24,14 @@ def scene(addon):
     """A fresh file (add-on still enabled) with a cube and a camera, 64×64 Workbench."""
     addon["controller"].controller.reset()
     return lb_blender.reset_scene()
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_blender_api():
+    """Every add-on test doubles as a check that the add-on uses no API this Blender deprecates."""
+    with lb_blender.no_deprecated_api():
+        yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")

@@ -4,14 +4,16 @@ repository in the (temporary) Blender user folder that tests/conftest.py set up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import tempfile
 import types
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON_SRC = ROOT / "blender_addon"
@@ -91,6 +93,25 @@ def install_addon() -> dict[str, Any]:
            for name in ("animation", "exr", "feedback", "menus", "operators", "properties", "results", "session")},
     )
     return _installed
+
+
+def is_addon_file(filename: str) -> bool:
+    """Whether a file is the add-on's code (its source or the installed copy)."""
+    path = Path(filename).resolve()
+    installed = _installed.get("repo_dir")
+    return ADDON_SRC in path.parents or (installed is not None and Path(installed).resolve() in path.parents)
+
+
+@contextlib.contextmanager
+def no_deprecated_api() -> Iterator[None]:
+    """Fails when the add-on's code touched API this Blender deprecates (Blender warns where the
+    add-on's line touches it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        yield
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if issubclass(w.category, DeprecationWarning) and is_addon_file(w.filename)]
+    assert not ours, ours
 
 
 def reset_scene(size: int = 64) -> Any:

@@ -13,6 +13,7 @@ lb_blender.bpy_or_skip()
 
 
 
+@pytest.mark.smoke
 def test_zip_has_manifest_wheel_and_network_permission(addon):
     with zipfile.ZipFile(addon["zip"]) as zf:
         names = set(zf.namelist())
@@ -26,6 +27,7 @@ def test_zip_has_manifest_wheel_and_network_permission(addon):
     assert not any("__pycache__" in n for n in names)
 
 
+@pytest.mark.smoke
 def test_enabled_and_registered(addon):
     import addon_utils
     import bpy
@@ -45,6 +47,7 @@ def test_enabled_and_registered(addon):
     assert prefs.server_url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.smoke
 def test_bundled_wheel_was_installed_by_blender(addon):
     import bpy
 

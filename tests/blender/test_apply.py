@@ -8,6 +8,8 @@ import statistics
 
 import numpy as np
 
+import pytest
+
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()
@@ -128,6 +130,7 @@ def _png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.smoke
 def test_packed_result_and_request_survive_save_and_reopen(addon, scene, tmp_path):
     import bpy
 

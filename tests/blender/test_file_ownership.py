@@ -77,6 +77,7 @@ def test_result_after_file_new_is_saved_next_to_its_file_not_put_into_the_new_on
     assert any(str(saved) in text for text in messages)  # the artist is told where it is
 
 
+@pytest.mark.smoke
 def test_file_saved_mid_job_reopens_reattached_then_gets_its_result(addon, scene, fake, tmp_path):
     """Before: the reopened file showed a job running for good (Generate greyed out, progress
     frozen) and nothing followed it."""

@@ -18,6 +18,10 @@ import lb_blender  # noqa: E402
 
 lb_blender.import_bpy_or_fail()
 
+# The backend runs on Python 3.11; the add-on's tests also run on Blender lines built for 3.13
+# (bpy 5.1+), where this names the 3.11 interpreter that has the backend installed.
+SERVER_PYTHON = os.environ.get("LATENTBRIDGE_SERVER_PYTHON") or sys.executable
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -44,7 +48,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 180.0) -> "ServerProcess":
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        cmd = [sys.executable, "-m", "latentbridge", "serve", "--model", "tiny", "--host", "127.0.0.1",
+        cmd = [SERVER_PYTHON, "-m", "latentbridge", "serve", "--model", "tiny", "--host", "127.0.0.1",
                "--port", str(self.port), "--data-dir", str(self.data_dir), "--token", self.token]
         self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
         self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -108,6 +112,16 @@ def pump(controller, until, timeout: float = 60.0, what: str = "condition") -> f
             return time.monotonic() - start
         time.sleep(0.005)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; status {controller.conn_status!r}, messages {controller.messages[-3:]}")
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_blender_api():
+    with lb_blender.no_deprecated_api():
+        yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")
 
 
 @pytest.fixture
