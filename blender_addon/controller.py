@@ -157,7 +157,7 @@ class Controller:
         scene = scene or context.scene
         conn = self.connect_from_prefs(context)
         # A server on this machine sends raw previews: no decoding on Blender's main thread.
-        request["preview"] = {**request.get("preview", {}), "format": "rgb" if wire.is_loopback(conn.url) else "jpeg"}
+        request["preview"] = {**request.get("preview", {}), "format": preview_format(conn.url)}
         job = JobContext(conn.new_ref(), scene.name, request, texture, list(targets or []), inputs=dict(images),
                          epoch=self.epoch, blend_file=bpy.data.filepath)
         job.input_images = dict(input_images or {})
@@ -412,6 +412,11 @@ class Controller:
             bpy.ops.latentbridge.report_message(level=level, message=text)
         except (RuntimeError, AttributeError):
             print(f"Latent Bridge {level.lower()}: {text}")
+
+
+def preview_format(ws_url: str) -> str:
+    """Raw RGB previews from a server on this computer (nothing to decode), JPEG from others."""
+    return "rgb" if wire.is_loopback(ws_url) else "jpeg"
 
 
 class ConnectRefused(Exception):

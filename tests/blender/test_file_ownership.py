@@ -65,11 +65,11 @@ def test_result_after_file_new_is_saved_next_to_its_file_not_put_into_the_new_on
     _accept(addon, fake, "j1")
 
     scene, cube = _texture_scene()  # File › New, with a material of the same name
-    assert "Latent Bridge Texture" not in cube.active_material.node_tree.nodes
     _finish(addon, fake, "j1")
 
     assert not [i.name for i in bpy.data.images if i.name.startswith("LB ")]
-    assert "Latent Bridge Texture" not in cube.active_material.node_tree.nodes
+    tree = cube.active_material.node_tree  # None on 4.x: a new material has no nodes there
+    assert tree is None or "Latent Bridge Texture" not in tree.nodes
     assert not scene.latentbridge.running and scene.latentbridge.last_result == ""
     saved = tmp_path / "latentbridge_results" / "j1_0.png"
     assert saved.is_file() and saved.read_bytes()[:4] == b"\x89PNG"

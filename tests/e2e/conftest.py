@@ -45,11 +45,12 @@ class ServerProcess:
         self.data_dir, self.port, self.token = data_dir, port or free_port(), token
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.extra_args: list[str] = []
 
     def start(self, timeout: float = 180.0) -> "ServerProcess":
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         cmd = [SERVER_PYTHON, "-m", "latentbridge", "serve", "--model", "tiny", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir), "--token", self.token]
+               "--port", str(self.port), "--data-dir", str(self.data_dir), "--token", self.token, *self.extra_args]
         self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
         self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
