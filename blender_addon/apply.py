@@ -217,5 +217,5 @@ def redraw_all() -> None:
         return
     for window in wm.windows:
         for area in window.screen.areas:
-            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PROPERTIES"}:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PROPERTIES", "STATUSBAR"}:
                 area.tag_redraw()

@@ -104,10 +104,22 @@ def save_render_png(image: bpy.types.Image, scene: bpy.types.Scene, color_mode: 
             return f.read()
 
 
+def _render_op(scene: bpy.types.Scene) -> None:
+    """A still render, also from a timer (an animation's next frame), where the context has no
+    screen: then the first window's screen is lent to the operator."""
+    context = bpy.context
+    windows = context.window_manager.windows if context.window_manager else ()
+    if context.screen is None and len(windows):
+        with context.temp_override(window=windows[0], screen=windows[0].screen):
+            bpy.ops.render.render(write_still=False, scene=scene.name)
+        return
+    bpy.ops.render.render(write_still=False, scene=scene.name)
+
+
 def _render_to_png(scene: bpy.types.Scene, color_mode: str = "RGB") -> bytes:
     if scene.camera is None:
         raise CaptureError("The scene has no active camera to render from")
-    bpy.ops.render.render(write_still=False, scene=scene.name)
+    _render_op(scene)
     result = bpy.data.images.get("Render Result")
     if result is None:
         raise CaptureError("Rendering produced no result")

@@ -96,11 +96,9 @@ def _mode_changed(self: "LATENTBRIDGE_PG_settings", context: Any) -> None:
         self.seamless = "xy"  # a texture is tileable unless the artist says otherwise
 
 
-_LORA_NAME_KW: dict[str, Any] = {"search": _lora_search} if bpy.app.version >= (3, 3, 0) else {}
-
-
 class LATENTBRIDGE_PG_lora(bpy.types.PropertyGroup):
-    name: StringProperty(name="LoRA", description="LoRA file name on the server (pick from the server's list or type it)", **_LORA_NAME_KW)
+    name: StringProperty(name="LoRA", description="LoRA file name on the server (pick from the server's list or type it)",
+                       search=_lora_search)
     weight: FloatProperty(name="Weight", default=1.0, min=-4.0, max=4.0, soft_min=-2.0, soft_max=2.0,
                           description="How strongly the LoRA applies (1 = as trained, negative = the opposite)")
     enabled: BoolProperty(name="Enabled", default=True, description="Use this LoRA in the next generation")

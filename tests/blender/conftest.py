@@ -33,5 +33,13 @@ def no_deprecated_blender_api():
         yield
 
 
+@pytest.fixture
+def fake(addon, scene):
+    """A stand-in network thread on the controller: tests feed what 'arrived'."""
+    conn = lb_blender.FakeConnection(addon["connection"])
+    addon["controller"].controller.connection = conn
+    return conn
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")
+    lb_blender.register_smoke_marker(config)

@@ -145,6 +145,21 @@ def reset_scene(size: int = 64) -> Any:
     return scene
 
 
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:
+    """A flat-colour PNG (PIL), as a server's result would be."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def register_smoke_marker(config) -> None:
+    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")
+
+
 class FakeConnection:
     """Stands in for the network thread: the test feeds what 'arrived'."""
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -11,14 +10,8 @@ import pytest
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()
-from PIL import Image as PIL  # noqa: E402
 
 
-@pytest.fixture
-def fake(addon, scene):
-    conn = lb_blender.FakeConnection(addon["connection"])
-    addon["controller"].controller.connection = conn
-    return conn
 
 
 @pytest.fixture
@@ -33,10 +26,6 @@ def saved(scene, tmp_path):
     return bpy.context.scene, tmp_path / "latentbridge_frames"
 
 
-def _png(value, size=(64, 64)) -> bytes:
-    buf = io.BytesIO()
-    PIL.new("RGB", size, (value, value, value)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _complete_frame(addon, fake, n, value=200):
@@ -49,7 +38,7 @@ def _complete_frame(addon, fake, n, value=200):
     fake.feed(Incoming("event", {"type": "progress", "job_id": job_id, "step": 1, "total": 2}))
     ctl.drain()
     fake.feed(Incoming("event", {"type": "result", "job_id": job_id, "index": 0, "seed": request["seed"], "width": 64, "height": 64, "request": request}))
-    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=_png(value)))
+    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=lb_blender.png_bytes((value, value, value))))
     fake.feed(Incoming("event", {"type": "done", "job_id": job_id, "count": 1, "elapsed_s": 0.1}))
     ctl.drain()  # the next frame is rendered and sent right after this drain
 

@@ -14,11 +14,6 @@ import lb_blender  # noqa: E402
 lb_blender.bpy_or_skip()
 
 
-@pytest.fixture
-def fake(addon, scene):
-    conn = lb_blender.FakeConnection(addon["connection"])
-    addon["controller"].controller.connection = conn
-    return conn
 
 
 @pytest.fixture

@@ -14,10 +14,6 @@ from PIL import Image as PIL  # noqa: E402
 
 
 
-def _png(color, size=(64, 64)) -> bytes:
-    buf = io.BytesIO()
-    PIL.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _jpeg(color, size=(32, 32)) -> bytes:
@@ -26,11 +22,6 @@ def _jpeg(color, size=(32, 32)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def fake(addon, scene):
-    conn = lb_blender.FakeConnection(addon["connection"])
-    addon["controller"].controller.connection = conn
-    return conn
 
 
 def _run_job(addon, fake, job_id="j1", seed=5, size=(64, 64), request=None):
@@ -50,7 +41,7 @@ def _run_job(addon, fake, job_id="j1", seed=5, size=(64, 64), request=None):
     for _ in range(3):  # preview decoded, read, written: one stage per tick
         ctl.drain()
     fake.feed(Incoming("event", {"type": "result", "job_id": job_id, "index": 0, "seed": seed, "width": size[0], "height": size[1], "request": full}))
-    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=_png((200, 0, 0), size)))
+    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=lb_blender.png_bytes((200, 0, 0), size)))
     fake.feed(Incoming("event", {"type": "done", "job_id": job_id, "count": 1, "elapsed_s": 0.3}))
     ctl.drain()
     return ctl.by_job_id(job_id)

@@ -3,7 +3,6 @@ reopened (in this Blender or a fresh one), and a job the server no longer knows.
 
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
@@ -11,20 +10,10 @@ import pytest
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()
-from PIL import Image as PIL  # noqa: E402
 
 
-def _png(color, size=(64, 64)) -> bytes:
-    buf = io.BytesIO()
-    PIL.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
-@pytest.fixture
-def fake(addon, scene):
-    conn = lb_blender.FakeConnection(addon["connection"])
-    addon["controller"].controller.connection = conn
-    return conn
 
 
 def _accept(addon, fake, job_id):
@@ -39,7 +28,7 @@ def _finish(addon, fake, job_id, color=(200, 0, 0)):
     Incoming = addon["connection"].Incoming
     request = {"mode": "txt2img", "prompt": "bronze", "seed": 5, "width": 64, "height": 64}
     fake.feed(Incoming("event", {"type": "result", "job_id": job_id, "index": 0, "seed": 5, "width": 64, "height": 64, "request": request}))
-    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=_png(color)))
+    fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": job_id, "index": 0}, data=lb_blender.png_bytes(color)))
     fake.feed(Incoming("event", {"type": "done", "job_id": job_id, "count": 1, "elapsed_s": 0.2}))
     addon["controller"].controller.drain()
 

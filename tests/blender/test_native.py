@@ -3,21 +3,14 @@ online access, the LoRA picker and batches."""
 
 from __future__ import annotations
 
-import io
 
 import pytest
 
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()
-from PIL import Image as PIL  # noqa: E402
 
 
-@pytest.fixture
-def fake(addon, scene):
-    conn = lb_blender.FakeConnection(addon["connection"])
-    addon["controller"].controller.connection = conn
-    return conn
 
 
 def _ours(bpy):
@@ -198,10 +191,6 @@ def test_lora_picker_offers_the_server_list(addon, scene, fake):
     assert "does not list LoRAs" in ctl.loras_note
 
 
-def _png(color, size=(64, 64)) -> bytes:
-    buf = io.BytesIO()
-    PIL.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_batch_packs_each_image_with_its_recipe_and_one_can_be_picked(addon, scene, fake):
@@ -220,7 +209,7 @@ def test_batch_packs_each_image_with_its_recipe_and_one_can_be_picked(addon, sce
         seed = 40 + i
         recipe = {**request, "seed": seed, "batch_size": 1}
         fake.feed(Incoming("event", {"type": "result", "job_id": "b1", "index": i, "seed": seed, "width": 64, "height": 64, "request": recipe}))
-        fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": "b1", "index": i}, data=_png((50 * i, 0, 0))))
+        fake.feed(Incoming("result", header={"kind": "result", "format": "png", "job_id": "b1", "index": i}, data=lb_blender.png_bytes((50 * i, 0, 0))))
         ctl.drain()
         assert len(settings.batch) == i + 1  # shown as they arrive
     fake.feed(Incoming("event", {"type": "done", "job_id": "b1", "count": 3, "elapsed_s": 1.0}))

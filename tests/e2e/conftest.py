@@ -122,7 +122,7 @@ def no_deprecated_blender_api():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")
+    lb_blender.register_smoke_marker(config)
 
 
 @pytest.fixture
