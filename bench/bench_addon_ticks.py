@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "tests" / "e2e"), str(ROOT / "tests" / "blender")]
 
 import bpy  # noqa: E402,F401  (before the helpers: they enable the add-on in this Blender)
 import lb_blender  # noqa: E402
-from conftest import ServerProcess, point_prefs_at  # noqa: E402
+from lb_server import ServerProcess, point_prefs_at  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

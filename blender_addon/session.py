@@ -43,12 +43,16 @@ def adopt_file() -> None:
             if settings.status and not settings.error:
                 settings.status = ""
             continue
-        followed = [r for r in records if _follow(scene, r)]
+        try:
+            followed = [r for r in records if _follow(scene, r)]
+        except ConnectRefused as exc:
+            followed = []
+            settings.error = f"The job saved in this file cannot be followed: {exc}"
         if followed:
             settings.running = True
             settings.status = "Reopened: re-attaching to the running job…"
         else:
-            settings.status = "The job saved in this file had not reached the server; it is gone"
+            settings.status = settings.error or "The job saved in this file had not reached the server; it is gone"
         controller.persist(scene.name)
 
 
@@ -69,12 +73,7 @@ def _follow(scene: bpy.types.Scene, record: dict) -> bool:
                      job_id=job_id, state="queued", epoch=controller.epoch, blend_file=bpy.data.filepath)
     job.input_images = {k: v for k, v in (record.get("input_images") or {}).items() if v in bpy.data.images}
     job.results = {int(k): v for k, v in (record.get("results") or {}).items() if v in bpy.data.images}
-    try:
-        controller.connect_from_prefs(bpy.context)
-    except ConnectRefused as exc:
-        job.state, job.error = "failed", str(exc)
-        controller.jobs[job.client_ref] = job
-        return False
+    controller.connect_from_prefs(bpy.context)  # ConnectRefused: the caller says why
     controller.track(job)
     return True
 

@@ -23,6 +23,7 @@ def addon():
 def scene(addon):
     """A fresh file (add-on still enabled) with a cube and a camera, 64×64 Workbench."""
     addon["controller"].controller.reset()
+    lb_blender.reset_prefs()
     return lb_blender.reset_scene()
 
 

@@ -114,6 +114,15 @@ def no_deprecated_api() -> Iterator[None]:
     assert not ours, ours
 
 
+def reset_prefs() -> None:
+    """The add-on's preferences as installed (an earlier test may have pointed them elsewhere)."""
+    import bpy
+
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    for name in ("server_url", "token", "start_local", "backend_command", "python_path"):
+        prefs.property_unset(name)
+
+
 def reset_scene(size: int = 64) -> Any:
     """An empty file with a camera looking at a cube, Workbench, `size`² px: fast renders."""
     import bpy

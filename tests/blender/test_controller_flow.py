@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
-
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()

@@ -12,7 +12,7 @@ import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from conftest import free_port, point_prefs_at, pump  # noqa: E402
+from lb_server import SERVER_PYTHON, free_port, point_prefs_at, pump  # noqa: E402
 
 
 class DroppingProxy:
@@ -140,8 +140,6 @@ def test_start_local_backend_from_the_preferences_then_generate(addon, scene, tm
     """Nothing runs at the Server URL: with *Start Local Backend* the add-on starts one (here:
     this Python's `latentbridge serve --model tiny`), connects, generates, and stops it."""
     import bpy
-
-    from conftest import SERVER_PYTHON
 
     controller = addon["controller"].controller
     url = f"http://127.0.0.1:{free_port()}"

@@ -11,7 +11,7 @@ import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from conftest import pump  # noqa: E402
+from lb_server import pump  # noqa: E402
 
 
 def _settings(scene, **values):

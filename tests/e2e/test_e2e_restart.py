@@ -8,7 +8,7 @@ import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from conftest import ServerProcess, point_prefs_at, pump  # noqa: E402
+from lb_server import ServerProcess, point_prefs_at, pump  # noqa: E402
 
 
 def _settings(scene, steps):
