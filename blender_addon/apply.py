@@ -31,7 +31,7 @@ def ensure_preview_image(width: int, height: int, name: str = PREVIEW_IMAGE) -> 
     return image
 
 
-def _scratch_from_bytes(data: bytes, fmt: str) -> bpy.types.Image:
+def image_from_bytes(data: bytes, fmt: str) -> bpy.types.Image:
     """An image holding `data` (packed), decoded now so the next step only copies pixels."""
     scratch = bpy.data.images.new("Latent Bridge Scratch", 8, 8)
     scratch.source = "FILE"
@@ -59,7 +59,7 @@ class PreviewWriter:
     def begin(self, data: bytes, fmt: str, target: bpy.types.Image) -> None:
         """Stage 1: decode. A newer preview replaces one that was not written yet."""
         self.discard()
-        self._scratch = _scratch_from_bytes(data, fmt)
+        self._scratch = image_from_bytes(data, fmt)
         self._target = target.name
 
     def begin_pixels(self, pixels: np.ndarray, width: int, height: int, target: bpy.types.Image) -> None:
@@ -161,7 +161,8 @@ def _principled(tree: bpy.types.NodeTree) -> bpy.types.Node:
 
 def wire_texture(material: bpy.types.Material, image: bpy.types.Image) -> bpy.types.Node:
     """Image Texture (repeat extension) → Principled Base Color; reuses our node if present."""
-    material.use_nodes = True
+    if bpy.app.version < (5, 0, 0) and not material.use_nodes:
+        material.use_nodes = True  # deprecated from 5.0 (materials always use nodes there)
     tree = material.node_tree
     bsdf = _principled(tree)
     node = tree.nodes.get(TEXTURE_NODE)
@@ -216,5 +217,5 @@ def redraw_all() -> None:
         return
     for window in wm.windows:
         for area in window.screen.areas:
-            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PROPERTIES"}:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PROPERTIES", "STATUSBAR"}:
                 area.tag_redraw()

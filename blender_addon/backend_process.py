@@ -50,12 +50,14 @@ class LocalBackend:
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.args: list[str] = []
+        self._reader: threading.Thread | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._error = ""
 
     def start(self, args: list[str]) -> None:
         if self.running:
             return
+        self._release()
         self.args = list(args)
         self._tail.clear()
         self._error = ""
@@ -65,7 +67,8 @@ class LocalBackend:
             self.process = None
             self._error = f"Could not start `{' '.join(args)}`: {exc.strerror or exc}"
             return
-        threading.Thread(target=self._read_output, args=(self.process,), daemon=True, name="latentbridge-backend-log").start()
+        self._reader = threading.Thread(target=self._read_output, args=(self.process,), daemon=True, name="latentbridge-backend-log")
+        self._reader.start()
 
     def _read_output(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -100,4 +103,15 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        self._release(timeout)
+
+    def _release(self, timeout: float = 5.0) -> None:
+        """Close the output pipe of an ended process (else a ResourceWarning when it is collected)."""
+        if self.process is None:
+            return
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None

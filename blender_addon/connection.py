@@ -14,6 +14,7 @@ import json
 import queue
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ RETRYING = "RETRYING"  # unreachable or dropped; trying again after a backoff
 UNAUTHORIZED = "UNAUTHORIZED"  # token missing or wrong: retrying will not help
 INCOMPATIBLE = "INCOMPATIBLE"  # server speaks another protocol version
 CLOSED = "CLOSED"
+
+LOST = "lost"  # an Incoming kind: the server does not know a job this client follows (it restarted)
 
 RECV_SLICE_S = 0.02  # how long one receive waits before the thread looks at its outgoing queue
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -71,10 +74,12 @@ class Connection:
         self._ids = itertools.count(1)
         # Jobs this client has running on the server (re-attached after a reconnect); thread-owned.
         self._active_jobs: set[str] = set()
+        self._cancelling: set[str] = set()  # cancel sent, no end event yet; thread-owned
         self._state = IDLE
         self._status = "Not connected"
         self.server_hello: dict[str, Any] | None = None
         self.attempts = 0
+        self._retry_at: float | None = None  # monotonic time of the next attempt while RETRYING
 
     # ------------------------------------------------------------------ main-thread API
 
@@ -103,6 +108,12 @@ class Connection:
         with self._lock:
             return self._status
 
+    def retry_in(self) -> float | None:
+        """Seconds until the next connection attempt while RETRYING (for a live countdown)."""
+        with self._lock:
+            at = self._retry_at if self._state == RETRYING else None
+        return None if at is None else max(0.0, at - time.monotonic())
+
     def new_ref(self, prefix: str = "lb") -> str:
         return f"{prefix}-{next(self._ids)}"
 
@@ -122,7 +133,7 @@ class Connection:
         return client_ref
 
     def cancel(self, job_id: str) -> None:
-        self._outgoing.put(("frames", [wire.cancel_message(job_id)]))
+        self._outgoing.put(("cancel", job_id))
         self._wake.set()
 
     def attach(self, job_id: str) -> None:
@@ -203,7 +214,7 @@ class Connection:
                         break
                     self._retry_status(_dropped_message(exc, self._active_jobs), delay)
                 except (OSError, TimeoutError) as exc:
-                    self._retry_status(f"Connection lost ({exc}); reconnecting…", delay)
+                    self._retry_status(f"Connection lost ({exc})", delay)
             if self._stop.is_set():
                 break
             self._wake.clear()
@@ -212,7 +223,9 @@ class Connection:
         self._set_state(CLOSED, "Disconnected")
 
     def _retry_status(self, message: str, delay: float) -> None:
-        self._set_state(RETRYING, f"{message} — retrying in {delay:.0f} s")
+        with self._lock:
+            self._retry_at = time.monotonic() + delay
+        self._set_state(RETRYING, message)
 
     def _wait_for_stop(self) -> None:
         self._stop.wait()
@@ -242,7 +255,7 @@ class Connection:
                 self._set_state(CONNECTED, f"Connected: {event.get('server', 'server')}, {wire.model_summary(event.get('model') or {})}")
                 self._push(Incoming("event", event))
                 for job_id in sorted(self._active_jobs):
-                    ws.send(wire.attach_message(job_id))
+                    self._attach(ws, job_id)
                 self._fetch_models()
                 return True
             if event["type"] == "error":
@@ -251,18 +264,74 @@ class Connection:
                     return False
                 self._push(Incoming("event", event))
 
-    def _fetch_models(self) -> None:
-        """GET /api/v1/models (best effort: the list only fills the model menu)."""
-        request = urllib.request.Request(wire.http_url(self.url) + "/api/v1/models")
+    def _http_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """GET an API path: (HTTP status, decoded JSON or None). Raises OSError when unreachable."""
+        request = urllib.request.Request(wire.http_url(self.url) + path)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                names = model_names(json.loads(response.read()))
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read() or b"null")
+            except ValueError:
+                body = None
+            return exc.code, body
+
+    def _fetch_models(self) -> None:
+        """GET /api/v1/models and /api/v1/loras (best effort: the lists only fill the pickers)."""
+        try:
+            names = model_names(self._http_json("/api/v1/models")[1])
         except (OSError, ValueError) as exc:
             self._push(Incoming("models", {"models": [], "error": f"Could not list models: {exc}"}))
+        else:
+            self._push(Incoming("models", {"models": names}))
+        try:
+            status, body = self._http_json("/api/v1/loras")
+        except (OSError, ValueError) as exc:
+            self._push(Incoming("loras", {"loras": [], "error": f"Could not list LoRAs: {exc}"}))
             return
-        self._push(Incoming("models", {"models": names}))
+        if status == 200:
+            self._push(Incoming("loras", {"loras": lora_entries(body)}))
+        else:
+            self._push(Incoming("loras", {"loras": [], "error": f"This server does not list LoRAs (HTTP {status}): type their file names"}))
+
+    def _job_known(self, job_id: str) -> bool | None:
+        """Whether the server knows a job: GET /api/v1/jobs/{id} answers 200, or 404 with
+        `unknown_job`. None when it cannot tell (unreachable, another answer)."""
+        try:
+            status, body = self._http_json(f"/api/v1/jobs/{job_id}")
+        except (OSError, ValueError):
+            return None
+        if status == 200:
+            return True
+        code = (body or {}).get("code") if isinstance(body, dict) else None
+        return False if status == 404 and code in (None, "unknown_job") else None
+
+    def _attach(self, ws: Any, job_id: str) -> None:
+        """Follow a job again, unless the server no longer knows it: then it is reported lost
+        (a job-less `unknown_job` error would not say which job it was about)."""
+        if self._job_known(job_id) is False:
+            self._lost(job_id)
+            return
+        self._active_jobs.add(job_id)
+        ws.send(wire.attach_message(job_id))
+
+    def _lost(self, job_id: str) -> None:
+        self._active_jobs.discard(job_id)
+        self._cancelling.discard(job_id)
+        self._push(Incoming(LOST, {"job_id": job_id, "message": "lost: the backend restarted"}))
+
+    def _find_lost(self) -> bool:
+        """After a job-less `unknown_job` error: which of the jobs followed (or being cancelled)
+        the server does not know. True when at least one was found."""
+        found = False
+        for job_id in sorted(self._active_jobs | self._cancelling):
+            if self._job_known(job_id) is False:
+                self._lost(job_id)
+                found = True
+        return found
 
     def _serve(self, ws: Any) -> None:
         while not self._stop.is_set():
@@ -281,8 +350,10 @@ class Connection:
                 return
             try:
                 if what == "attach":
-                    self._active_jobs.add(payload)
-                    ws.send(wire.attach_message(payload))
+                    self._attach(ws, payload)
+                elif what == "cancel":
+                    self._cancelling.add(payload)
+                    ws.send(wire.cancel_message(payload))
                 elif what == "models":
                     self._fetch_models()
                 else:
@@ -327,6 +398,10 @@ class Connection:
             self._push(Incoming("event", {"type": "error", "code": exc.code, "message": f"bad event from server: {exc.message}", "job_id": None}))
             return
         kind, job_id = event["type"], event.get("job_id")
+        if kind == "error" and not job_id and event.get("code") == "unknown_job" and self._find_lost():
+            return  # answered with the lost job(s) instead
+        if kind in ("done", "cancelled", "error", "status") and job_id:
+            self._cancelling.discard(job_id)
         if kind in ("accepted", "started", "progress") and job_id:
             self._active_jobs.add(job_id)
         elif kind in ("done", "cancelled") or (kind == "error" and job_id):
@@ -357,6 +432,19 @@ def model_names(data: Any) -> list[str]:
     return names
 
 
+def lora_entries(data: Any) -> list[dict[str, str]]:
+    """LoRAs from `GET /api/v1/loras`: `{"loras": [{"name": ..., "path": ...}]}` (a bare list,
+    or plain names, are accepted too)."""
+    items = data.get("loras") if isinstance(data, dict) else data
+    out: list[dict[str, str]] = []
+    for item in items if isinstance(items, list) else []:
+        entry = item if isinstance(item, dict) else {"name": item}
+        name = entry.get("name")
+        if isinstance(name, str) and name and all(e["name"] != name for e in out):
+            out.append({"name": name, "path": str(entry.get("path") or "")})
+    return out
+
+
 def _auth_message(code: int, had_token: bool) -> str:
     if had_token:
         return f"The server refused the token (HTTP {code}): check the token in the add-on preferences"
@@ -365,12 +453,9 @@ def _auth_message(code: int, had_token: bool) -> str:
 
 def _unreachable_message(url: str, exc: BaseException) -> str:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return (
-        f"No Latent Bridge server at {url} ({reason}). Start one with `latentbridge serve`, "
-        "or enable “Start local backend” in the add-on preferences"
-    )
+    return f"No Latent Bridge server at {wire.http_url(url)} ({reason.lower()})"
 
 
 def _dropped_message(exc: BaseException, jobs: set[str]) -> str:
-    tail = f"; {len(jobs)} running job(s) will be re-attached" if jobs else ""
-    return f"Connection to the server dropped ({exc}){tail}"
+    tail = f"; {len(jobs)} job(s) will be re-attached" if jobs else ""
+    return f"Connection to the server dropped{tail}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from .controller import ADDON_ID, controller
+from . import feedback, wire
+from .controller import ADDON_ID, controller, online_refusal
 
 
 class LATENTBRIDGE_AP_preferences(bpy.types.AddonPreferences):
@@ -43,11 +44,18 @@ class LATENTBRIDGE_AP_preferences(bpy.types.AddonPreferences):
         col = layout.column()
         col.prop(self, "server_url")
         col.prop(self, "token")
+        refusal = online_refusal(self.server_url)
+        if refusal:
+            box = col.box()
+            for i, line in enumerate(feedback.wrap(refusal, 700)):
+                box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+        elif not wire.is_loopback(self.server_url) and not self.token:
+            col.label(text="A server beyond this computer needs its token", icon="INFO")
         row = col.row(align=True)
-        row.operator("latentbridge.connect", icon="LINKED")
-        row.operator("latentbridge.disconnect", icon="UNLINKED")
+        row.operator("latentbridge.connect", icon=feedback.ICONS["connect"])
+        row.operator("latentbridge.disconnect", icon=feedback.ICONS["disconnect"])
         box = col.box()
-        box.label(text=f"Connection: {controller.conn_status}", icon=_state_icon(controller.conn_state))
+        feedback.draw_connection(box, context)
         if controller.conn_state in ("RETRYING", "IDLE", "CLOSED"):
             box.label(text="Nothing reachable? Run `latentbridge serve` in a terminal (see the README),")
             box.label(text="or tick Start Local Backend below and give the Python that has it installed.")
@@ -58,15 +66,11 @@ class LATENTBRIDGE_AP_preferences(bpy.types.AddonPreferences):
         sub.prop(self, "backend_command")
         sub.prop(self, "python_path")
         row = sub.row(align=True)
-        row.operator("latentbridge.start_backend", icon="PLAY")
-        row.operator("latentbridge.stop_backend", icon="PAUSE")
+        row.operator("latentbridge.start_backend", icon=feedback.ICONS["start_backend"])
+        row.operator("latentbridge.stop_backend", icon=feedback.ICONS["stop_backend"])
         sub.label(text=f"Local backend: {controller.backend.status()}")
         for line in controller.backend.output()[-3:]:
             sub.label(text=line)
-
-
-def _state_icon(state: str) -> str:
-    return {"CONNECTED": "CHECKMARK", "UNAUTHORIZED": "LOCKED", "RETRYING": "ERROR", "CONNECTING": "SORTTIME"}.get(state, "INFO")
 
 
 classes = (LATENTBRIDGE_AP_preferences,)

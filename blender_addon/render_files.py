@@ -133,3 +133,13 @@ def read_tga(data: bytes) -> np.ndarray:
     rgba[..., :3] = bgr[..., 2::-1]
     rgba[..., 3] = bgr[..., 3] if channels == 4 else 255
     return rgba
+
+
+def find_pass(channels: dict[str, np.ndarray], *names: str) -> np.ndarray | None:
+    """The first channel whose pass is one of `names` ("Object Index" in Blender 5, "IndexOB" in 4),
+    from `read_exr`'s "ViewLayer.<pass>.<channel>" keys."""
+    for full, values in channels.items():
+        parts = full.split(".")
+        if len(parts) >= 2 and parts[-2] in names:
+            return values
+    return None

@@ -3,8 +3,10 @@
 1. Fetch the pinned `websockets` wheel (pure Python, so one zip serves every platform) into
    `blender_addon/wheels/` (git-ignored), unless it is already there.
 2. Make sure the manifest's `wheels` lists exactly that wheel.
-3. Validate and build with Blender's own extension tool, which ships inside the `bpy` package
-   (`bpy/<ver>/scripts/addons_core/bl_pkg/cli/blender_ext.py`), or a path given with --blender-ext.
+3. Validate the source, build the zip and validate the zip with Blender's own extension tool,
+   which ships inside the `bpy` package (`bpy/<ver>/scripts/addons_core/bl_pkg/cli/blender_ext.py`),
+   or a path given with --blender-ext. The tool of the Python running this script is used: run it
+   with the newest Blender line's Python to validate against that line (CI does).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def build(output_dir: Path, blender_ext: Path | None = None) -> Path:
     run([sys.executable, str(tool), "build", "--source-dir", str(ADDON), "--output-filepath", str(out)])
     if not out.is_file():
         raise BuildError(f"the extension tool did not write {out}")
+    run([sys.executable, str(tool), "validate", str(out)])  # the archive as Blender will read it
     return out
 
 

@@ -23,4 +23,24 @@ def addon():
 def scene(addon):
     """A fresh file (add-on still enabled) with a cube and a camera, 64×64 Workbench."""
     addon["controller"].controller.reset()
+    lb_blender.reset_prefs()
     return lb_blender.reset_scene()
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_blender_api():
+    """Every add-on test doubles as a check that the add-on uses no API this Blender deprecates."""
+    with lb_blender.no_deprecated_api():
+        yield
+
+
+@pytest.fixture
+def fake(addon, scene):
+    """A stand-in network thread on the controller: tests feed what 'arrived'."""
+    conn = lb_blender.FakeConnection(addon["connection"])
+    addon["controller"].controller.connection = conn
+    return conn
+
+
+def pytest_configure(config):
+    lb_blender.register_smoke_marker(config)

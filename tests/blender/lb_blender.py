@@ -4,14 +4,16 @@ repository in the (temporary) Blender user folder that tests/conftest.py set up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import tempfile
 import types
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON_SRC = ROOT / "blender_addon"
@@ -87,8 +89,38 @@ def install_addon() -> dict[str, Any]:
         connection=importlib.import_module(ADDON_MODULE + ".connection"),
         png=importlib.import_module(ADDON_MODULE + ".png"),
         wire=importlib.import_module(ADDON_MODULE + ".wire"),
+        **{name: importlib.import_module(f"{ADDON_MODULE}.{name}")
+           for name in ("animation", "feedback", "menus", "operators", "properties", "results", "session")},
     )
     return _installed
+
+
+def is_addon_file(filename: str) -> bool:
+    """Whether a file is the add-on's code (its source or the installed copy)."""
+    path = Path(filename).resolve()
+    installed = _installed.get("repo_dir")
+    return ADDON_SRC in path.parents or (installed is not None and Path(installed).resolve() in path.parents)
+
+
+@contextlib.contextmanager
+def no_deprecated_api() -> Iterator[None]:
+    """Fails when the add-on's code touched API this Blender deprecates (Blender warns where the
+    add-on's line touches it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        yield
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if issubclass(w.category, DeprecationWarning) and is_addon_file(w.filename)]
+    assert not ours, ours
+
+
+def reset_prefs() -> None:
+    """The add-on's preferences as installed (an earlier test may have pointed them elsewhere)."""
+    import bpy
+
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    for name in ("server_url", "token", "start_local", "backend_command", "python_path"):
+        prefs.property_unset(name)
 
 
 def reset_scene(size: int = 64) -> Any:
@@ -122,6 +154,21 @@ def reset_scene(size: int = 64) -> Any:
     return scene
 
 
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:
+    """A flat-colour PNG (PIL), as a server's result would be."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def register_smoke_marker(config) -> None:
+    config.addinivalue_line("markers", "smoke: the subset run on every Blender line (install, enable, generate, save/reopen)")
+
+
 class FakeConnection:
     """Stands in for the network thread: the test feeds what 'arrived'."""
 
@@ -134,6 +181,15 @@ class FakeConnection:
         self.url, self.token, self.alive = "ws://127.0.0.1:7423/api/v1/ws", "", True
         self.server_hello = {"type": "hello", "server": "latentbridge/test"}
         self._n = 0
+
+    def retry_in(self):
+        return 2.0 if self.state == "RETRYING" else None
+
+    def attach(self, job_id):
+        self.sent.append(("attach", job_id))
+
+    def refresh_models(self):
+        self.sent.append(("models",))
 
     def feed(self, item):
         self.items.append(item)

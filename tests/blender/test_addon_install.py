@@ -13,6 +13,7 @@ lb_blender.bpy_or_skip()
 
 
 
+@pytest.mark.smoke
 def test_zip_has_manifest_wheel_and_network_permission(addon):
     with zipfile.ZipFile(addon["zip"]) as zf:
         names = set(zf.namelist())
@@ -26,6 +27,7 @@ def test_zip_has_manifest_wheel_and_network_permission(addon):
     assert not any("__pycache__" in n for n in names)
 
 
+@pytest.mark.smoke
 def test_enabled_and_registered(addon):
     import addon_utils
     import bpy
@@ -45,6 +47,7 @@ def test_enabled_and_registered(addon):
     assert prefs.server_url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.smoke
 def test_bundled_wheel_was_installed_by_blender(addon):
     import bpy
 
@@ -71,7 +74,9 @@ def test_request_from_settings(scene):
     scene.render.resolution_y = 64
     assert settings.request_size(scene) == (96, 64)
 
-    settings.mode, settings.texture_seamless = "texture", "x"
+    settings.mode = "texture"
+    assert settings.seamless == "xy"  # one seamless setting; a texture tiles unless told otherwise
+    settings.seamless = "x"
     request = settings.build_request(scene, 1)
     assert request["mode"] == "txt2img" and request["seamless"] == "x"
 

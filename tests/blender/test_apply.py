@@ -8,6 +8,8 @@ import statistics
 
 import numpy as np
 
+import pytest
+
 import lb_blender  # noqa: E402
 
 lb_blender.bpy_or_skip()
@@ -48,7 +50,7 @@ def _running_1024_job(addon, scene):
     controller = ctl_mod.controller
     fake = lb_blender.FakeConnection(addon["connection"])
     controller.connection = fake
-    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024})
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img", "steps": 8, "width": 1024, "height": 1024}, epoch=controller.epoch)
     job.job_id, job.state = "j1", "running"
     controller.jobs[job.client_ref] = job
     return controller, fake, job
@@ -106,7 +108,7 @@ def test_latest_preview_wins_in_one_tick(addon, scene):
     controller = ctl_mod.controller
     fake = lb_blender.FakeConnection(conn_mod)
     controller.connection = fake
-    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img"})
+    job = ctl_mod.JobContext("lb-1", scene.name, {"mode": "txt2img"}, epoch=controller.epoch)
     job.job_id = "j1"
     controller.jobs[job.client_ref] = job
     old, _ = _jpeg(64, 64, 1)
@@ -128,6 +130,7 @@ def _png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.smoke
 def test_packed_result_and_request_survive_save_and_reopen(addon, scene, tmp_path):
     import bpy
 

@@ -49,3 +49,21 @@ def test_a_server_already_answering_is_used_not_started_again():
     assert backend_process.should_start(url, already_running=False)
     assert not backend_process.should_start(url, already_running=True)
     assert not backend_process.should_start("http://192.168.1.20:7423", already_running=False)  # not ours to start
+
+
+def test_stop_and_restart_close_the_output_pipe():
+    """Stop Local Backend (and starting again after an exit) left the child's stdout pipe open:
+    a ResourceWarning when the Popen object was collected."""
+    import gc
+    import warnings
+
+    backend = backend_process.LocalBackend()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.start([sys.executable, "-c", "raise SystemExit(0)"])
+        backend.process.wait(10)
+        backend.start([sys.executable, "-c", "import time; time.sleep(60)"])  # after an exit
+        backend.stop()
+        gc.collect()
+    pipes = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "BufferedReader" in str(w.message)]
+    assert not pipes  # (other tests' leftovers may be collected here too: only a pipe is ours)

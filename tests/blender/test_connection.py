@@ -24,9 +24,12 @@ HELLO = json.loads((lb_blender.ROOT / "tests" / "vectors" / "server" / "hello.js
 class FakeServer:
     """Runs `script(ws, server)` for each connection after the hello handshake."""
 
-    def __init__(self, script: Callable, require_token: str | None = None):
+    def __init__(self, script: Callable, require_token: str | None = None, known_jobs: set[str] | None = None,
+                 loras: object = None):
         self.script = script
         self.require_token = require_token
+        self.known_jobs = known_jobs  # None: HTTP job lookups are not answered (426, as a bare ws server)
+        self.loras = loras
         self.received: list[list[object]] = []  # frames per connection, hello included
         self.connections = 0
         self._server = serve(self._handle, "127.0.0.1", 0, process_request=self._check_auth)
@@ -37,6 +40,13 @@ class FakeServer:
     def _check_auth(self, conn, request):
         if self.require_token and request.headers.get("Authorization") != f"Bearer {self.require_token}":
             return Response(401, "Unauthorized", Headers(), b'{"code":"unauthorized"}')
+        if request.path.startswith("/api/v1/jobs/") and self.known_jobs is not None:
+            job_id = request.path.rsplit("/", 1)[1]
+            if job_id in self.known_jobs:
+                return Response(200, "OK", Headers({"Content-Type": "application/json"}), json.dumps({"type": "status", "job_id": job_id, "state": "running"}).encode())
+            return Response(404, "Not Found", Headers({"Content-Type": "application/json"}), json.dumps({"code": "unknown_job", "message": f"no job {job_id}"}).encode())
+        if request.path == "/api/v1/loras" and self.loras is not None:
+            return Response(200, "OK", Headers({"Content-Type": "application/json"}), json.dumps(self.loras).encode())
         return None
 
     def _handle(self, ws):
@@ -158,7 +168,8 @@ def test_server_down_is_reported_quickly_and_retried(make_conn, unused_tcp_port)
     conn = make_conn(f"http://127.0.0.1:{unused_tcp_port}")
     assert wait_for(lambda: conn.state == connection.RETRYING, timeout=3)
     assert time.monotonic() - start < 3
-    assert "No Latent Bridge server" in conn.status and "latentbridge serve" in conn.status
+    assert "No Latent Bridge server at http://127.0.0.1:" in conn.status and len(conn.status) < 100  # short
+    assert conn.retry_in() is not None  # the panel counts down to the next attempt
     assert wait_for(lambda: conn.attempts >= 3, timeout=3)  # keeps trying with backoff
     conn.stop()
     assert not conn.alive
@@ -189,3 +200,68 @@ def test_dropped_connection_reconnects_and_reattaches(make_conn):
         assert server.received[1][1] == {"type": "attach", "job_id": "job-7"}
     finally:
         server.close()
+
+
+def test_server_that_restarted_without_the_job_reports_it_lost(make_conn):
+    """Before: the job was re-attached, the server's job-less `unknown_job` error was taken for a
+    refused submit (or dropped), and the job stayed running for good."""
+    def script(ws, server, frames):
+        if server.connections == 1:
+            frames.append(json.loads(ws.recv()))  # submit
+            ws.send(json.dumps({"type": "accepted", "job_id": "job-9", "client_ref": frames[-1]["client_ref"], "position": 0}))
+            ws.send(json.dumps({"type": "started", "job_id": "job-9", "seed": 3}))
+            time.sleep(0.05)
+            return  # the server dies with the job
+        try:
+            frames.append(json.loads(ws.recv(timeout=2)))  # an attach, if any, answered as today's server does
+            ws.send(json.dumps({"type": "error", "job_id": None, "code": "unknown_job", "message": "no job job-9", "field": "job_id"}))
+        except TimeoutError:
+            pass
+        ws.recv()
+
+    server = FakeServer(script, known_jobs=set())
+    try:
+        conn = make_conn(server.url)
+        conn.submit({"prompt": "x"})
+        items = drain_until(conn, lambda its: any(i.kind == connection.LOST for i in its))
+        lost = next(i for i in items if i.kind == connection.LOST)
+        assert lost.event["job_id"] == "job-9" and "restarted" in lost.event["message"]
+        assert not any(i.kind == "event" and i.event.get("code") == "unknown_job" for i in items)
+        assert server.connections == 2
+    finally:
+        server.close()
+
+
+def test_unknown_job_answer_to_a_cancel_finds_the_lost_job(make_conn):
+    def script(ws, server, frames):
+        frames.append(json.loads(ws.recv()))  # the cancel
+        ws.send(json.dumps({"type": "error", "job_id": None, "code": "unknown_job", "message": "no job job-4", "field": "job_id"}))
+        ws.recv()
+
+    server = FakeServer(script, known_jobs={"job-other"})
+    try:
+        conn = make_conn(server.url)
+        conn.cancel("job-4")
+        items = drain_until(conn, lambda its: any(i.kind == connection.LOST for i in its))
+        assert [i.event["job_id"] for i in items if i.kind == connection.LOST] == ["job-4"]
+    finally:
+        server.close()
+
+
+def test_lora_list_fills_the_picker_or_says_the_server_has_none(make_conn):
+    server = FakeServer(lambda ws, server, frames: ws.recv(), loras={"loras": [{"name": "ink.safetensors", "path": "/l/ink.safetensors"}, {"name": "ink.safetensors"}]})
+    try:
+        conn = make_conn(server.url)
+        items = drain_until(conn, lambda its: any(i.kind == "loras" for i in its))
+        assert next(i for i in items if i.kind == "loras").event["loras"] == [{"name": "ink.safetensors", "path": "/l/ink.safetensors"}]
+    finally:
+        server.close()
+    server = FakeServer(lambda ws, server, frames: ws.recv())  # no LoRA route
+    try:
+        conn = make_conn(server.url)
+        items = drain_until(conn, lambda its: any(i.kind == "loras" for i in its))
+        event = next(i for i in items if i.kind == "loras").event
+        assert event["loras"] == [] and "does not list LoRAs" in event["error"]
+    finally:
+        server.close()
+    assert connection.lora_entries(["a", {"name": "b", "path": "p"}, {"x": 1}]) == [{"name": "a", "path": ""}, {"name": "b", "path": "p"}]

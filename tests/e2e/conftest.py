@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,64 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blender"))
 import lb_blender  # noqa: E402
 
 lb_blender.import_bpy_or_fail()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def health(url: str, token: str = "") -> dict | None:
-    request = urllib.request.Request(url + "/api/v1/health", headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError):
-        return None
-
-
-class ServerProcess:
-    """`python -m latentbridge serve --model tiny` on a free port, waited for until ready."""
-
-    def __init__(self, data_dir: Path, port: int | None = None, token: str = "e2e-s3cret"):
-        self.data_dir, self.port, self.token = data_dir, port or free_port(), token
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> "ServerProcess":
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        cmd = [sys.executable, "-m", "latentbridge", "serve", "--model", "tiny", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir), "--token", self.token]
-        self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log.name}")
-            state = health(self.url, self.token)
-            if state and state.get("model", {}).get("state") == "ready":
-                return self
-            if state and state.get("model", {}).get("state") == "failed":
-                raise RuntimeError(f"server model failed: {state['model'].get('error')}")
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
+from lb_server import ServerProcess, point_prefs_at, pump  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -92,27 +29,20 @@ def server(tmp_path_factory):
     proc.stop()
 
 
-def point_prefs_at(url: str, token: str = "") -> None:
-    import bpy
+@pytest.fixture(autouse=True)
+def no_deprecated_blender_api():
+    with lb_blender.no_deprecated_api():
+        yield
 
-    prefs = bpy.context.preferences.addons[lb_blender.ADDON_MODULE].preferences
-    prefs.server_url, prefs.token = url, token
 
-
-def pump(controller, until, timeout: float = 60.0, what: str = "condition") -> float:
-    """Drive the add-on's drain step (timers never fire in module mode) until `until()`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        controller.drain()
-        if until():
-            return time.monotonic() - start
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; status {controller.conn_status!r}, messages {controller.messages[-3:]}")
+def pytest_configure(config):
+    lb_blender.register_smoke_marker(config)
 
 
 @pytest.fixture
 def scene(addon):
     addon["controller"].controller.reset()
+    lb_blender.reset_prefs()
     return lb_blender.reset_scene()
 
 

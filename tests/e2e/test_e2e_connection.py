@@ -12,7 +12,7 @@ import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from conftest import free_port, point_prefs_at, pump  # noqa: E402
+from lb_server import SERVER_PYTHON, free_port, point_prefs_at, pump  # noqa: E402
 
 
 class DroppingProxy:
@@ -84,8 +84,10 @@ def test_server_down_is_reported_without_hanging(addon, scene):
     assert bpy.ops.latentbridge.generate() == {"FINISHED"}
     assert time.monotonic() - start < 1.0  # the operator never waits for the network
     pump(controller, lambda: controller.conn_state == "RETRYING", 10, "the unreachable report")
-    assert "No Latent Bridge server" in settings.status and "latentbridge serve" in settings.status
-    assert any(level == "ERROR" and "No Latent Bridge server" in text for level, text in controller.messages)
+    line, _icon, action = addon["feedback"].connection_line()
+    assert "No Latent Bridge server" in line and "reconnecting" in line and action
+    assert "No Latent Bridge server" in addon["feedback"].progress_text(settings)
+    assert [text for level, text in controller.messages if level == "WARNING" and "No Latent Bridge server" in text]
     assert settings.running  # the job waits for the server, it is not lost
     controller.reset()
 
@@ -121,7 +123,8 @@ def test_dropped_connection_reconnects_and_reattaches(addon, scene, server):
         assert not job.finished, "job finished before the drop; the test needs a slower job"
         proxy.drop_all()
         pump(controller, lambda: controller.conn_state != "CONNECTED", 10, "the drop to be noticed")
-        assert "dropped" in settings.status or "Connect" in settings.status
+        shown = addon["feedback"].progress_text(settings)
+        assert "dropped" in shown or "Connect" in shown
         assert bpy.data.images["Latent Bridge Preview"].is_float  # the last preview is kept
         pump(controller, lambda: job.finished, 120, "the re-attached job to finish")
         assert proxy.accepted >= 2  # it reconnected through the proxy
@@ -136,8 +139,6 @@ def test_dropped_connection_reconnects_and_reattaches(addon, scene, server):
 def test_start_local_backend_from_the_preferences_then_generate(addon, scene, tmp_path):
     """Nothing runs at the Server URL: with *Start Local Backend* the add-on starts one (here:
     this Python's `latentbridge serve --model tiny`), connects, generates, and stops it."""
-    import sys
-
     import bpy
 
     controller = addon["controller"].controller
@@ -145,7 +146,7 @@ def test_start_local_backend_from_the_preferences_then_generate(addon, scene, tm
     point_prefs_at(url)
     prefs = bpy.context.preferences.addons[addon["module"].__name__].preferences
     prefs.start_local = True
-    prefs.backend_command = f'"{sys.executable}" -m latentbridge serve --model tiny --data-dir "{tmp_path / "data"}"'
+    prefs.backend_command = f'"{SERVER_PYTHON}" -m latentbridge serve --model tiny --data-dir "{tmp_path / "data"}"'
     try:
         _quick(scene, 2)
         assert bpy.ops.latentbridge.generate() == {"FINISHED"}  # connecting starts the backend

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from conftest import pump  # noqa: E402
+from lb_server import pump  # noqa: E402
 
 
 def _settings(scene, **values):
@@ -55,6 +57,7 @@ def test_render_to_img2img_result_packed(connected, scene, capsys):
     assert settings.last_result == image.name and not settings.running
 
 
+@pytest.mark.smoke
 def test_txt2img_is_reproducible_with_regenerate(connected, scene):
     import bpy
 
@@ -103,7 +106,7 @@ def test_texture_on_selected_cube(connected, scene):
     import bpy
 
     cube = scene.objects["Cube"]
-    _settings(scene, mode="texture", texture_seamless="xy")
+    _settings(scene, mode="texture", seamless="xy")
     assert bpy.ops.latentbridge.generate_texture() == {"FINISHED"}
     node = cube.active_material.node_tree.nodes["Latent Bridge Texture"]
     assert node.image.name == "Latent Bridge Preview"
@@ -139,3 +142,43 @@ def test_cancel_mid_job(connected, scene):
     elapsed = pump(connected, lambda: job.finished, 30, "the cancellation")
     assert job.state == "cancelled" and not job.results
     assert scene.latentbridge.status == "Cancelled" and elapsed < 10
+
+
+def test_batch_of_three_each_regenerates_exactly(connected, scene):
+    import bpy
+
+    settings = _settings(scene, mode="txt2img", batch_size=3)
+    assert bpy.ops.latentbridge.generate() == {"FINISHED"}
+    job, _ = _finish(connected)
+    assert job.state == "done" and len(job.results) == 3, job.error
+    images = [bpy.data.images[item.image] for item in settings.batch]
+    assert [im["latentbridge_seed"] for im in images] == [1234, 1235, 1236]
+    assert settings.last_result == images[0].name
+    third = images[2]
+    assert json.loads(third["latentbridge_request"])["batch_size"] == 1  # its own recipe
+    assert bpy.ops.latentbridge.use_result(image=third.name) == {"FINISHED"} and settings.last_seed == 1236
+    assert bpy.ops.latentbridge.regenerate(image=third.name) == {"FINISHED"}
+    again = _result(_finish(connected)[0])
+    assert list(again.pixels[:]) == list(third.pixels[:])
+
+
+def test_animation_of_two_frames(connected, scene, tmp_path):
+    import os
+
+    import bpy
+
+    from PIL import Image as PIL
+
+    scene.frame_start, scene.frame_end = 1, 2
+    settings = _settings(scene, strength=0.5)
+    settings.size_mode = "RENDER"
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "shot.blend"))
+    scene = bpy.context.scene
+    assert bpy.ops.latentbridge.animate() == {"FINISHED"}
+    pump(connected, lambda: not scene.latentbridge.running, 120, "the animation")
+    folder = tmp_path / "latentbridge_frames"
+    assert sorted(os.listdir(folder)) == ["Scene_0001.png", "Scene_0002.png"], scene.latentbridge.error
+    with PIL.open(folder / "Scene_0002.png") as frame:
+        recipe = json.loads(frame.text["latentbridge"])
+    assert recipe["mode"] == "img2img" and recipe["seed"] == 1234 and frame.size == (64, 64)
+    assert "Animation done: 2 frame(s)" in scene.latentbridge.status
