@@ -14,6 +14,15 @@ SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin")
 
 
+NAME_MAX = 255  # bytes in one path component on every common file system
+
+
+def name_fits(name: str) -> bool:
+    """Whether every component of `name` could be a file name (at most NAME_MAX bytes of UTF-8):
+    a longer one names nothing, and asking the OS about it raises ENAMETOOLONG."""
+    return all(len(part.encode("utf-8", "surrogatepass")) <= NAME_MAX for part in name.replace("\\", "/").split("/"))
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # what a client sends
@@ -33,6 +42,9 @@ def inside(path: Path, base: Path) -> bool:
 def find(name: str, settings: Settings) -> Path:
     """A remote client's model name → its folder or file inside one of the model folders. No
     absolute paths, nothing that resolves outside a folder (`..`, symlinks), no hub ids."""
+    if not name_fits(name):
+        raise UnknownModel(f"unknown model {name[:60]!r}...: no file has a name longer than {NAME_MAX} bytes",
+                           field="model")
     if not name.strip() or Path(name).is_absolute() or "\\" in name:
         raise UnknownModel(f"model {name!r}: remote clients name models relative to the model folders, not by path",
                            field="model")

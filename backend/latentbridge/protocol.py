@@ -11,6 +11,7 @@ It imports nothing heavy (no torch, no aiohttp) so any client can use it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar, Union
@@ -230,6 +231,36 @@ def error_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequ
     return InvalidRequest(f"{field or 'request'}: {first.get('msg', 'invalid value')}", field=field or None)
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999: Python would read it as inf
+        raise _NotFinite(text)
+    return value
+
+
+def loads_json(text: str | bytes | bytearray, what: str = "message", field: str | None = None) -> Any:
+    """Strict JSON for everything a client sends: NaN, Infinity and numbers beyond a float's range
+    are refused (they are not JSON, and a NaN must never reach a response), and nesting too deep
+    for the decoder is a typed error, not a RecursionError. Any failure is `bad_message`."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise LatentBridgeError(f"{what} contains {exc}: NaN and Infinity are not JSON numbers",
+                                field=field, code=ErrorCode.bad_message) from None
+    except RecursionError:
+        raise LatentBridgeError(f"{what} is nested too deeply", field=field, code=ErrorCode.bad_message) from None
+    except (ValueError, UnicodeDecodeError):
+        raise LatentBridgeError(f"{what} is not valid JSON", field=field, code=ErrorCode.bad_message) from None
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -295,10 +326,7 @@ _client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 def parse_client_message(text: str | bytes) -> HelloMessage | SubmitMessage | CancelMessage | AttachMessage | PingMessage:
     """Decode one JSON text frame from a client, or raise a typed LatentBridgeError."""
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("message is not valid JSON", code=ErrorCode.bad_message) from None
+    data = loads_json(text)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise LatentBridgeError("message must be a JSON object with a string `type`", field="type", code=ErrorCode.bad_message)
     if data["type"] not in {"hello", "submit", "cancel", "attach", "ping"}:
@@ -540,10 +568,7 @@ def decode_binary_frame(frame: bytes) -> tuple[BinaryHeader, bytes]:
         raise LatentBridgeError(f"binary header length {n} out of range 1..{MAX_BINARY_HEADER}", code=ErrorCode.bad_message)
     if len(frame) < 4 + n:
         raise LatentBridgeError("binary frame truncated inside its header", code=ErrorCode.bad_message)
-    try:
-        data = json.loads(frame[4 : 4 + n])
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("binary header is not valid JSON", code=ErrorCode.bad_message) from None
+    data = loads_json(frame[4 : 4 + n], what="binary header")
     if not isinstance(data, dict):
         raise LatentBridgeError("binary header must be a JSON object", code=ErrorCode.bad_message)
     try:

@@ -29,6 +29,7 @@ from .. import images as image_utils
 from ..jobs import JobManager, PreviewFrame
 from ..settings import Settings
 from .app import ENGINE_KEY, JOBS_KEY, SETTINGS_KEY, capabilities
+from .jsonio import json_response, read_json
 from .security import list_models, resolve_model_name
 from ..protocol import (
     MAX_SEED,
@@ -632,14 +633,11 @@ def error_response(exc: LatentBridgeError) -> web.Response:
     body["detail"] = exc.message
     retry_after = getattr(exc, "retry_after_s", 5)
     headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 async def _read_json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("request body is not valid JSON", code=ErrorCode.bad_message, field="body") from None
+    return await read_json(request)  # strict: NaN/Infinity and over-deep nesting refused
 
 
 def _owner(request: web.Request) -> str:
@@ -667,7 +665,7 @@ async def _generate(request: web.Request, kind: str) -> web.Response:
         parameters["init_images"] = None
         parameters["mask"] = None
     parameters.pop("include_init_images", None)
-    return web.json_response({
+    return json_response({
         "images": encoded if plan.payload.send_images else [],
         "parameters": parameters,
         "info": json.dumps(build_info(plan, outcome, _loaded_model(app))),
@@ -699,7 +697,7 @@ async def progress(request: web.Request) -> web.Response:
     if task is None and running is None and state.tasks:
         task = state.tasks[0]  # an A1111 call whose job is still queued
     if task is None and running is None:
-        return web.json_response({
+        return json_response({
             "progress": 0.0, "eta_relative": 0.0, "state": _state_dict(None, None),
             "current_image": None, "textinfo": None,
         })
@@ -720,7 +718,7 @@ async def progress(request: web.Request) -> web.Response:
     latest = jobs.latest_preview()
     if latest is not None and not skip_image:
         current_image = await asyncio.to_thread(_png_b64, latest[1])
-    return web.json_response({
+    return json_response({
         "progress": fraction,
         "eta_relative": eta,
         "state": _state_dict(task, (step, total)),
@@ -753,7 +751,7 @@ async def interrupt(request: web.Request) -> web.Response:
             task.interrupted = True
     if running is not None:
         jobs.cancel(running.id)
-    return web.json_response({})
+    return json_response({})
 
 
 async def skip(request: web.Request) -> web.Response:
@@ -762,18 +760,18 @@ async def skip(request: web.Request) -> web.Response:
     running = jobs.current_job
     if running is not None:
         jobs.cancel(running.id)
-    return web.json_response(None)
+    return json_response(None)
 
 
 async def samplers(request: web.Request) -> web.Response:
     # Only what the loaded model can use in this installation (see capabilities()).
     usable = set(capabilities(request.app).samplers)
-    return web.json_response([{"name": s.name, "aliases": list(s.aliases), "options": s.options}
+    return json_response([{"name": s.name, "aliases": list(s.aliases), "options": s.options}
                               for s in SAMPLERS if s.sampler in usable])
 
 
 async def schedulers(request: web.Request) -> web.Response:
-    return web.json_response(list(SCHEDULERS))
+    return json_response(list(SCHEDULERS))
 
 
 def _model_item(name: str, filename: str) -> dict[str, Any]:
@@ -783,7 +781,7 @@ def _model_item(name: str, filename: str) -> dict[str, Any]:
 
 async def sd_models(request: web.Request) -> web.Response:
     listed = await asyncio.to_thread(_list_models, request.app)  # scans the model folders
-    return web.json_response([_model_item(name, filename) for name, filename in listed])
+    return json_response([_model_item(name, filename) for name, filename in listed])
 
 
 # Options A1111 clients commonly read; all round-trip, the model one also loads the model.
@@ -804,7 +802,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 async def get_options(request: web.Request) -> web.Response:
     options = {**DEFAULT_OPTIONS, **_state(request.app).options}
     options["sd_model_checkpoint"] = _loaded_model(request.app)
-    return web.json_response(options)
+    return json_response(options)
 
 
 def _check_option_types(data: dict[str, Any]) -> None:
@@ -837,7 +835,7 @@ async def set_options(request: web.Request) -> web.Response:
         return error_response(_a1111_field(exc))
     # Unknown options are ignored, as A1111's opts.set ignores them.
     _state(app).options.update({k: v for k, v in data.items() if k in DEFAULT_OPTIONS and v is not None})
-    return web.json_response(None)
+    return json_response(None)
 
 
 def add_a1111_routes(app: web.Application) -> None:

@@ -22,6 +22,7 @@ from ..protocol import (
     StartedEvent,
     StatusEvent,
 )
+from .jsonio import json_response
 from .rest import API, LoadModelBody, SubmitBody
 
 REF = "#/components/schemas/{model}"
@@ -111,6 +112,6 @@ def add_openapi_route(app: web.Application) -> None:
     document = build_openapi()
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(document)
+        return json_response(document)
 
     app.router.add_get(f"{API}/openapi.json", openapi)
