@@ -27,8 +27,10 @@ log = logging.getLogger("latentbridge.server")
 
 # The access log shows the request line and status only: never headers (the token is one).
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
-BACKLOG = 128  # also how many connections one accept burst may open before the guard sees them
-FD_MARGIN = 32  # descriptors kept free beyond those open at start and an accept burst
+BACKLOG = 128  # the listen queue, and how many sockets one accept burst may open
+MIN_BACKLOG = 8
+ACCEPT_BURSTS = 4  # accept bursts that can land before an evicted socket's descriptor is freed
+FD_MARGIN = 32  # descriptors kept free for model files, logs and the like
 MIN_CONNECTIONS = 8
 SHUTDOWN_TIMEOUT_S = 15.0
 
@@ -48,27 +50,42 @@ def _default_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def connection_cap(wanted: int, backlog: int = BACKLOG) -> int:
-    """`wanted`, lowered so open connections can never exhaust the open-file limit (RLIMIT_NOFILE):
-    what is open now, one accept burst and a margin stay free."""
+def descriptor_plan(wanted: int) -> tuple[int, int]:
+    """(max connections, accept backlog) that can never exhaust the open-file limit.
+
+    asyncio accepts up to `backlog` sockets per loop turn, and a connection the guard evicts or
+    refuses gives its descriptor back a few turns later, so besides the open connections a few
+    accept bursts must fit (ACCEPT_BURSTS), plus what is open now and a margin. The soft limit is
+    raised towards the hard one when that is enough; otherwise the backlog and then the
+    connection cap shrink to fit, with a warning.
+    """
     try:
         import resource
-    except ImportError:  # Windows: no such limit to respect
-        return wanted
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
+    except ImportError:  # Windows: no such limit
+        return wanted, BACKLOG
     try:
         open_now = len(os.listdir("/proc/self/fd"))
     except OSError:
         open_now = 64
-    fits = soft - open_now - backlog - FD_MARGIN
-    if fits >= wanted:
-        return wanted
-    cap = max(MIN_CONNECTIONS, fits)
+    need = wanted + open_now + ACCEPT_BURSTS * BACKLOG + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                log.info("raised the open-file limit from %d to %d for %d connections", soft, target, wanted)
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted, BACKLOG
+    spare = soft - open_now - FD_MARGIN
+    backlog = max(MIN_BACKLOG, min(BACKLOG, spare // (2 * ACCEPT_BURSTS)))
+    cap = max(MIN_CONNECTIONS, min(wanted, spare - ACCEPT_BURSTS * backlog))
     log.warning("open-file limit is %d: serving at most %d connections (not %d); raise it with `ulimit -n`",
                 soft, cap, wanted)
-    return cap
+    return cap, backlog
 
 
 class _LateFactory:
@@ -81,12 +98,12 @@ class _LateFactory:
         return self.server()
 
 
-async def bind(host: str, port: int) -> tuple[asyncio.AbstractServer, _LateFactory]:
+async def bind(host: str, port: int, backlog: int = BACKLOG) -> tuple[asyncio.AbstractServer, _LateFactory]:
     """The listening socket(s), not yet accepting (BoundSite starts them)."""
     loop = asyncio.get_running_loop()
     factory = _LateFactory()
     try:
-        server = await loop.create_server(factory, host, port, backlog=BACKLOG, reuse_address=True,
+        server = await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True,
                                           start_serving=False)
     except socket.gaierror as exc:
         raise StartupRefused(f"cannot listen on {host}: the name does not resolve ({exc.strerror})") from None
@@ -113,12 +130,16 @@ class BoundSite(web.BaseSite):
     __slots__ = ("_bound", "_factory")
 
     def __init__(self, runner: web.BaseRunner, bound: tuple[asyncio.AbstractServer, _LateFactory]):
-        super().__init__(runner, backlog=BACKLOG)
+        super().__init__(runner)
         self._bound, self._factory = bound
 
     @property
+    def addresses(self) -> list[Any]:
+        return [sock.getsockname() for sock in self._bound.sockets]
+
+    @property
     def name(self) -> str:
-        return ", ".join(_url(sock.getsockname()) for sock in self._bound.sockets)
+        return ", ".join(_url(address) for address in self.addresses)
 
     async def start(self) -> None:
         await super().start()
@@ -127,6 +148,22 @@ class BoundSite(web.BaseSite):
         self._factory.server = server
         self._server = self._bound
         await self._bound.start_serving()
+        _deepen_listen_queue(self._bound)
+
+
+def _deepen_listen_queue(server: asyncio.AbstractServer) -> None:
+    """asyncio uses its `backlog` both for the kernel's listen queue and for how many sockets it
+    accepts per loop turn. A small burst keeps descriptors within the limit (descriptor_plan), but
+    a short kernel queue drops connection attempts under a flood (the client then waits a full
+    second to retry); so the queue is made deep again on the listening socket itself."""
+    for transport_socket in server.sockets:
+        listening = socket.socket(fileno=os.dup(transport_socket.fileno()))
+        try:
+            listening.listen(BACKLOG)
+        except OSError:
+            pass
+        finally:
+            listening.close()  # the duplicate only; the listening socket stays open
 
 
 def _url(address: Any) -> str:
@@ -134,18 +171,23 @@ def _url(address: Any) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(settings: Settings, *, app: web.Application | None = None,
-                started: asyncio.Future | None = None) -> None:
+async def serve(settings: Settings, *, app: web.Application | None = None, started: asyncio.Future | None = None,
+                own_loop: bool = True) -> None:
     """Bind, serve until SIGTERM/SIGINT (or until the task is cancelled), then shut down.
-    `started`, when given, receives the bound site once it accepts (for tests and embedding)."""
-    bound = await bind(settings.host, settings.port)
+    `started`, when given, receives the bound site once it accepts (for tests and embedding);
+    `own_loop=False` leaves the loop's signal handlers and error reporting alone."""
+    max_connections, backlog = descriptor_plan(settings.max_connections)
+    bound = await bind(settings.host, settings.port, backlog)
     stop = _Stop()
     loop = asyncio.get_running_loop()
-    signals = _install_signals(loop, stop)
+    signals: list[int] = []
+    if own_loop:
+        loop.set_exception_handler(_loop_exception)
+        signals = _install_signals(loop, stop)
     runner = None
     try:
         app = app if app is not None else create_app(settings)
-        guard = ConnectionGuard(settings, max_connections=connection_cap(settings.max_connections))
+        guard = ConnectionGuard(settings, max_connections=max_connections)
         runner = GuardedAppRunner(app, guard, access_log_format=ACCESS_LOG_FORMAT,
                                   keepalive_timeout=settings.keepalive_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -165,6 +207,16 @@ async def serve(settings: Settings, *, app: web.Application | None = None,
         else:
             bound[0].close()
         log.info("Latent Bridge stopped")
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's own errors: one line for the expected ones (out of descriptors on accept, which the
+    descriptor plan should prevent; a peer reset), asyncio's full report for anything else."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ECONNRESET, errno.EPIPE):
+        log.warning("%s: %s", context.get("message", "event loop"), exc)
+        return
+    loop.default_exception_handler(context)
 
 
 class _Stop:
