@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from typing import Any
@@ -12,6 +13,44 @@ from PIL import Image, ImageDraw
 from latentbridge.protocol import BinaryHeader, decode_binary_frame, encode_binary_frame, parse_server_event
 
 TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A real listening server in this process (`latentbridge.server.serve`), and raw sockets to it
+
+HEALTH = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def running(make_settings, tiny_engine, **overrides):
+    """`serve()` on a free port with the shared tiny engine; yields the port."""
+    from latentbridge.server import create_app, serve
+
+    settings = make_settings(port=0, **overrides)
+    started: asyncio.Future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, app=create_app(settings, tiny_engine), started=started,
+                                     own_loop=False))
+    site = await asyncio.wait_for(started, 30)
+    try:
+        yield site.addresses[0][1]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def raw_request(port: int, raw: bytes = HEALTH, source: str = "127.0.0.1", timeout: float = 5) -> tuple[int, bytes]:
+    reader, writer = await connect(port, source)
+    try:
+        writer.write(raw)
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def png_bytes(size=(64, 64), color=(40, 90, 160), mode="RGB") -> bytes:

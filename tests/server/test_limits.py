@@ -14,41 +14,9 @@ import socket
 import time
 
 import pytest
+from server_helpers import HEALTH, connect, raw_request, running
 
 from latentbridge.protocol import WS_PATH
-from latentbridge.server import create_app, serve
-
-HEALTH = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-
-
-@contextlib.asynccontextmanager
-async def running(make_settings, tiny_engine, **overrides):
-    settings = make_settings(port=0, **overrides)
-    started: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, app=create_app(settings, tiny_engine), started=started,
-                                     own_loop=False))
-    site = await asyncio.wait_for(started, 30)
-    try:
-        yield site.addresses[0][1]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def request(port: int, raw: bytes = HEALTH, source: str = "127.0.0.1", timeout: float = 5) -> tuple[int, bytes]:
-    reader, writer = await connect(port, source)
-    try:
-        writer.write(raw)
-        data = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
     """Seconds until the server closed the connection (EOF), failing after `seconds`."""
@@ -80,7 +48,7 @@ async def test_stalled_headers_and_bodies_are_closed_after_their_deadlines(make_
         assert await closed_within(reader, 3) < 1.5
         await asyncio.sleep(0.1)
         # The server still serves.
-        assert (await request(port))[0] == 200
+        assert (await raw_request(port))[0] == 200
     gone = [r for r in caplog.records if "went away" in r.getMessage()]
     assert len(gone) == 1 and "sent nothing for 0.5 s" in gone[0].getMessage()
     assert any("request headers not complete after 0.5 s" in r.getMessage() for r in caplog.records)
@@ -121,29 +89,29 @@ async def test_busy_connections_beyond_the_per_client_cap_get_503(make_settings,
     async with running(make_settings, tiny_engine, max_connections_per_client=3) as port:
         # Idle sockets from one address never lock it out: the quietest makes room.
         idle = [await connect(port, "127.0.0.7") for _ in range(3)]
-        assert (await request(port, source="127.0.0.7"))[0] == 200
+        assert (await raw_request(port, source="127.0.0.7"))[0] == 200
         assert (await asyncio.wait_for(idle[0][0].read(), 3)) == b""  # the oldest idle one was closed
         # Busy ones (open websockets) are kept; the next connection from that address is refused...
         async with websockets_from(port, ["127.0.0.8"] * 3):
-            status, body = await request(port, source="127.0.0.8")
+            status, body = await raw_request(port, source="127.0.0.8")
             assert status == 503
             error = json.loads(body)
             assert error["type"] == "error" and error["code"] == "queue_full" and "your address" in error["message"]
             # ...while another address is served.
-            assert (await request(port, source="127.0.0.9"))[0] == 200
+            assert (await raw_request(port, source="127.0.0.9"))[0] == 200
         await asyncio.sleep(0.1)
-        assert (await request(port, source="127.0.0.8"))[0] == 200  # room again once they closed
+        assert (await raw_request(port, source="127.0.0.8"))[0] == 200  # room again once they closed
 
 
 async def test_total_cap_evicts_idle_connections_then_refuses(make_settings, tiny_engine):
     async with running(make_settings, tiny_engine, max_connections=4) as port:
         idle = [await connect(port, f"127.0.1.{i}") for i in range(1, 5)]
-        assert (await request(port, source="127.0.1.9"))[0] == 200  # an idle one made room
+        assert (await raw_request(port, source="127.0.1.9"))[0] == 200  # an idle one made room
         for _reader, writer in idle:
             writer.close()
         await asyncio.sleep(0.1)
         async with websockets_from(port, [f"127.0.2.{i}" for i in range(1, 5)]):
-            status, body = await request(port, source="127.0.2.9")
+            status, body = await raw_request(port, source="127.0.2.9")
             assert status == 503 and "too many open connections" in json.loads(body)["message"]
 
 
@@ -161,7 +129,7 @@ async def test_content_length_over_the_limit_is_refused_before_reading(make_sett
         raw = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 2 + b"0\r\n\r\n")
-        status, body = await request(port, raw)
+        status, body = await raw_request(port, raw)
         assert status == 413 and json.loads(body)["code"] == "too_large"
 
 

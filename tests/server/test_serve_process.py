@@ -155,3 +155,78 @@ def test_idle_sockets_cannot_exhaust_descriptors(tmp_path):
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _wait_output(server: Serve, text: str, count: int, timeout: float = 15) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in server.lines if text in line]
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    return [line for line in server.lines if text in line]
+
+
+def test_socket_level_misbehaviour_is_one_log_line_each(tmp_path):
+    """Against the real process: a body cut off, an event stream and a websocket hung up mid-job,
+    a non-ASCII bearer, stalled headers. Each: a typed answer or a clean close, one log line, no
+    traceback."""
+    token = "s3cret"
+    auth = f"Authorization: Bearer {token}\r\n".encode()
+    server = Serve(tmp_path, "--token", token, "--header-timeout-s", "1")
+    try:
+        port = server.wait_listening()
+        deadline = time.monotonic() + 120
+        while b'"state": "ready"' not in _raw(port, b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                                             b"Connection: close\r\n\r\n"):
+            assert time.monotonic() < deadline and server.process.poll() is None, server.output
+            time.sleep(0.1)
+        # A body cut off mid-way.
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                         b"Content-Type: application/json\r\nContent-Length: 900\r\n\r\n{\"request\": {")
+            time.sleep(0.3)
+        assert len(_wait_output(server, "went away during POST /api/v1/jobs", 1)) == 1
+        # An event stream hung up mid-job.
+        body = json.dumps({"request": {"prompt": "x", "steps": 40, "width": 64, "height": 64, "guidance": 1}}).encode()
+        accepted = _raw(port, b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                        b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                        + body)
+        job_id = json.loads(accepted.split(b"\r\n\r\n", 1)[1])["job_id"]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"GET /api/v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + auth + b"\r\n")
+            assert b"event: " in sock.recv(4096)
+        assert len(_wait_output(server, f"went away during GET /api/v1/jobs/{job_id}/events", 1)) == 1
+        # A websocket hung up mid-job, without a close frame.
+        ws = connect(f"ws://127.0.0.1:{port}{WS_PATH}", additional_headers={"Authorization": f"Bearer {token}"})
+        ws.send(json.dumps({"type": "hello", "client": "tests"}))
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "submit", "request": {"prompt": "x", "steps": 40, "width": 64, "height": 64}}))
+        while json.loads(ws.recv(timeout=30)).get("type") != "progress":
+            pass
+        ws.socket.close()
+        assert len(_wait_output(server, "websocket client 127.0.0.1 went away", 1)) == 1
+        # A bearer token that is not ASCII.
+        reply = _raw(port, b"GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xe9t\r\n"
+                     b"Connection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+        assert len(_wait_output(server, "wrong token from 127.0.0.1", 1)) == 1
+        # Headers that never finish: closed at the deadline.
+        start = time.monotonic()
+        assert _raw(port, b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""
+        assert time.monotonic() - start < 3
+        assert len(_wait_output(server, "request headers not complete after 1 s", 1)) == 1
+        time.sleep(1.0)  # the hung-up job's previews keep coming: still no further lines
+        assert len([line for line in server.lines if "went away" in line]) == 3, server.output
+        assert "Traceback" not in server.output and " ERROR " not in server.output, server.output
+    finally:
+        server.stop()
