@@ -186,6 +186,21 @@ class GuardedRequestHandler(RequestHandler):
         self._guard.release(self)
         super().connection_lost(exc)
 
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp's parser refused (a NUL in a header, a bad request line, a line over
+        max_line_size): a typed `bad_message` and one info line. aiohttp would log a traceback
+        for what is only a client's malformed bytes. Server errors (5xx) keep aiohttp's report."""
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = getattr(exc, "message", None) or message or str(exc or "") or "malformed request"
+        reason = " ".join(str(reason).split())[:200]
+        log.info("malformed request from %s refused with %d: %s", self.client, status, reason)
+        body = ErrorEvent(code=ErrorCode.bad_message, message=f"malformed request: {reason}").model_dump_json()
+        response = web.Response(status=status, text=body, content_type="application/json")
+        response.force_close()
+        return response
+
     def is_idle(self) -> bool:
         """Between requests (or still sending a request's headers): nothing would be lost by closing."""
         return (self.transport is not None and not self._upgraded and not self._request_in_progress
