@@ -178,11 +178,3 @@ def _ready(url: str) -> bool:
             return json.loads(response.read())["model"]["state"] == "ready"
     except OSError:
         return False
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/api/v1/health", timeout=1) as response:
-            return json.loads(response.read())["model"]["state"] == "ready"
-    except OSError:
-        return False

@@ -61,14 +61,20 @@ class _Summary:
         self.count = 0
         self._pending = 0
         self._last = 0.0
+        self._detail = ""
 
     def add(self, detail: str) -> None:
         self.count += 1
         self._pending += 1
-        now = time.monotonic()
-        if now - self._last >= LOG_EVERY_S:
-            log.info("%s: %d connection(s) since the last such line (latest: %s)", self.what, self._pending, detail)
-            self._pending, self._last = 0, now
+        self._detail = detail
+        if time.monotonic() - self._last >= LOG_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            log.info("%s: %d connection(s) since the last such line (latest: %s)", self.what, self._pending,
+                     self._detail)
+            self._pending, self._last = 0, time.monotonic()
 
 
 class ConnectionGuard:
@@ -267,6 +273,11 @@ class GuardedAppRunner(web.AppRunner):
     def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any):
         super().__init__(app, **kwargs)
         self.guard = guard
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        self.guard.evictions.flush()  # the counts since the last summary line
+        self.guard.refusals.flush()
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()

@@ -61,7 +61,7 @@ class Connection:
         self.id = uuid.uuid4().hex[:12]
         self.owner = f"ws:{self.id}"
         self.remote: str | None = None
-        self.gone: str | None = None  # why the peer vanished, when it did
+        self.ended: str | None = None  # how the connection ended, when it was not a clean close
         self.authenticated = authenticated
         self.greeted = False  # hello answered: model events may follow
         self.uploads = app[UPLOADS_KEY].pending(self.owner)
@@ -225,16 +225,16 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             if not await _handle_message(conn, msg):
                 break
     except ConnectionResetError as exc:  # the peer vanished while we replied
-        conn.gone = str(exc) or type(exc).__name__
+        conn.ended = f"went away ({exc or type(exc).__name__})"
     finally:
         if auth_deadline is not None:
             auth_deadline.cancel()
         await conn.close()
         app[WEBSOCKETS_KEY].discard(conn)
-    if conn.gone is None and ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
-        conn.gone = "connection lost without a close frame"
-    if conn.gone is not None:  # one line for a client that hung up; its jobs run on
-        log.info("websocket client %s went away (%s)", conn.remote, conn.gone)
+    if conn.ended is None and ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
+        conn.ended = "went away (connection lost without a close frame)"
+    if conn.ended is not None:  # one line for a client that hung up or broke the protocol; its jobs run on
+        log.info("websocket client %s %s", conn.remote, conn.ended)
     return ws
 
 
@@ -249,7 +249,7 @@ async def _handle_message(conn: Connection, msg: Any) -> bool:
         elif msg.type == WSMsgType.BINARY:
             await conn.on_binary(msg.data)
         elif msg.type == WSMsgType.ERROR:
-            log.info("websocket client %s: protocol error, closing (%s)", conn.remote, msg.data)
+            conn.ended = f"broke the websocket protocol, closed ({msg.data})"
             return False
     except LatentBridgeError as exc:
         log.info("websocket client %s: %s: %s", conn.remote, exc.code.value, exc.message[:300])
@@ -259,7 +259,7 @@ async def _handle_message(conn: Connection, msg: Any) -> bool:
             return False
     except Exception as exc:  # noqa: BLE001 - typed error to the client, traceback to the log
         if isinstance(exc, ConnectionResetError) or ws.closed:  # the peer vanished while we replied
-            conn.gone = str(exc) or type(exc).__name__
+            conn.ended = f"went away ({exc or type(exc).__name__})"
             return False
         log.exception("error handling a websocket message")
         await conn.send_event(ErrorEvent(code=ErrorCode.internal, message="internal server error; see the server log"))
