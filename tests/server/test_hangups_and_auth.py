@@ -104,8 +104,8 @@ async def test_wrong_tokens_from_one_address_are_slowed_down_and_logged(make_cli
         resp = await client.get("/api/v1/health", headers=wrong)
         assert resp.status == 401
         timings.append(time.monotonic() - start)
-    assert max(timings[:3]) < 0.2  # the first failures cost nothing (a typo)
-    assert timings[4] >= 0.2 and timings[5] >= 0.35  # then attempts are spaced, up to the cap
+    assert timings[4] >= 0.2 and timings[5] >= 0.35  # after three failures attempts are spaced, up to the cap
+    assert max(timings[:3]) < timings[5]  # the first ones cost nothing (a typo)
     assert len(log_lines("wrong token from 127.0.0.1")) == 6
     # Parallel guesses do not escape the spacing: beyond the longest delay they are refused unchecked.
     start = time.monotonic()
@@ -118,8 +118,9 @@ async def test_wrong_tokens_from_one_address_are_slowed_down_and_logged(make_cli
     await asyncio.sleep(0.5)
     assert (await client.get("/api/v1/health", headers={"Authorization": "Bearer s3cret"})).status == 200
     start = time.monotonic()
-    assert (await client.get("/api/v1/health", headers=wrong)).status == 401
-    assert time.monotonic() - start < 0.2
+    for _ in range(3):  # free again: without the reset these would wait 0.25 + 0.4 + 0.4 s
+        assert (await client.get("/api/v1/health", headers=wrong)).status == 401
+    assert time.monotonic() - start < 0.9
     # The websocket's `hello` token counts the same way.
     for _ in range(4):
         ws = WsClient(await client.ws_connect(WS_PATH))
@@ -134,7 +135,7 @@ async def test_a_websocket_that_does_not_authenticate_is_closed(make_client, log
     start = time.monotonic()
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 4
     assert log_lines("no valid token within 0.3 s")
     # One that sends its token in time stays open past the deadline.
     ws = WsClient(await client.ws_connect(WS_PATH))

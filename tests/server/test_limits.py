@@ -39,13 +39,13 @@ async def test_stalled_headers_and_bodies_are_closed_after_their_deadlines(make_
                 writer.write(b"X-Slow: 1\r\n")
 
         dripping = asyncio.create_task(trickle())
-        assert await closed_within(reader, 3) < 1.5
+        assert await closed_within(reader, 5) < 3
         dripping.cancel()
         # A body that stops arriving: the handler's read ends, one info line, no traceback.
         reader, writer = await connect(port)
         writer.write(b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"request\": ")
-        assert await closed_within(reader, 3) < 1.5
+        assert await closed_within(reader, 5) < 3
         await asyncio.sleep(0.1)
         # The server still serves.
         assert (await raw_request(port))[0] == 200
@@ -63,9 +63,9 @@ async def test_idle_keepalive_connections_are_closed(make_settings, tiny_engine)
         assert b"200 OK" in head
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
-        assert await closed_within(reader, 3) < 2  # after a request
+        assert await closed_within(reader, 5) < 3  # after a request
         reader, _ = await connect(port)
-        assert await closed_within(reader, 3) < 2  # one that never sent anything
+        assert await closed_within(reader, 5) < 3  # one that never sent anything
 
 
 @contextlib.asynccontextmanager

@@ -133,22 +133,29 @@ def test_socket_level_misbehaviour_is_one_log_line_each(tmp_path):
             time.sleep(0.3)
         assert len(_wait_output(server, "went away during POST /api/v1/jobs", 1)) == 1
         # An event stream hung up mid-job.
-        body = json.dumps({"request": {"prompt": "x", "steps": 40, "width": 64, "height": 64, "guidance": 1}}).encode()
+        body = json.dumps({"request": {"prompt": "x", "steps": 12, "width": 64, "height": 64, "guidance": 1}}).encode()
         accepted = _raw(port, b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
                         b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
                         + body)
         job_id = json.loads(accepted.split(b"\r\n\r\n", 1)[1])["job_id"]
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(f"GET /api/v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + auth + b"\r\n")
-            assert b"event: " in sock.recv(4096)
+            received = b""
+            while b"event: " not in received:  # the headers and the first event may come apart
+                chunk = sock.recv(4096)
+                assert chunk, received
+                received += chunk
         assert len(_wait_output(server, f"went away during GET /api/v1/jobs/{job_id}/events", 1)) == 1
         # A websocket hung up mid-job, without a close frame.
         ws = connect(f"ws://127.0.0.1:{port}{WS_PATH}", additional_headers={"Authorization": f"Bearer {token}"})
         ws.send(json.dumps({"type": "hello", "client": "tests"}))
         ws.recv(timeout=10)
-        ws.send(json.dumps({"type": "submit", "request": {"prompt": "x", "steps": 40, "width": 64, "height": 64}}))
-        while json.loads(ws.recv(timeout=30)).get("type") != "progress":
-            pass
+        ws.send(json.dumps({"type": "submit", "request": {"prompt": "x", "steps": 12, "width": 64, "height": 64,
+                                                          "guidance": 1}}))
+        while True:  # previews arrive as binary frames
+            msg = ws.recv(timeout=120)  # after the job above (a loaded machine is slow)
+            if isinstance(msg, str) and json.loads(msg).get("type") == "progress":
+                break
         ws.socket.close()
         assert len(_wait_output(server, "websocket client 127.0.0.1 went away", 1)) == 1
         # A bearer token that is not ASCII.
@@ -159,7 +166,7 @@ def test_socket_level_misbehaviour_is_one_log_line_each(tmp_path):
         # Headers that never finish: closed at the deadline.
         start = time.monotonic()
         assert _raw(port, b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 5
         assert len(_wait_output(server, "request headers not complete after 1 s", 1)) == 1
         time.sleep(1.0)  # the hung-up job's previews keep coming: still no further lines
         assert len([line for line in server.lines if "went away" in line]) == 3, server.output

@@ -129,8 +129,8 @@ class BoundSite(web.BaseSite):
 
     __slots__ = ("_bound", "_factory")
 
-    def __init__(self, runner: web.BaseRunner, bound: tuple[asyncio.AbstractServer, _LateFactory]):
-        super().__init__(runner)
+    def __init__(self, runner: web.BaseRunner, bound: tuple[asyncio.AbstractServer, _LateFactory], backlog: int):
+        super().__init__(runner, backlog=backlog)
         self._bound, self._factory = bound
 
     @property
@@ -148,7 +148,8 @@ class BoundSite(web.BaseSite):
         self._factory.server = server
         self._server = self._bound
         await self._bound.start_serving()
-        _deepen_listen_queue(self._bound)
+        if self._backlog < BACKLOG:
+            _deepen_listen_queue(self._bound)
 
 
 def _deepen_listen_queue(server: asyncio.AbstractServer) -> None:
@@ -157,7 +158,10 @@ def _deepen_listen_queue(server: asyncio.AbstractServer) -> None:
     a short kernel queue drops connection attempts under a flood (the client then waits a full
     second to retry); so the queue is made deep again on the listening socket itself."""
     for transport_socket in server.sockets:
-        listening = socket.socket(fileno=os.dup(transport_socket.fileno()))
+        try:
+            listening = socket.socket(fileno=os.dup(transport_socket.fileno()))
+        except OSError:  # a platform that cannot duplicate a socket this way: keep the short queue
+            return
         try:
             listening.listen(BACKLOG)
         except OSError:
@@ -191,7 +195,7 @@ async def serve(settings: Settings, *, app: web.Application | None = None, start
         runner = GuardedAppRunner(app, guard, access_log_format=ACCESS_LOG_FORMAT,
                                   keepalive_timeout=settings.keepalive_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
-        site = BoundSite(runner, bound)
+        site = BoundSite(runner, bound, backlog)
         await site.start()
         print(f"Latent Bridge listening on {site.name} (model {settings.model}, data in {settings.data_dir})",
               flush=True)
