@@ -1,6 +1,6 @@
 """Fuzz the published API of a real `latentbridge serve` and print the counts, in one run.
 
-    python bench/fuzz_api.py                       # >= 5,000 schemathesis cases + 3,000 ws connections
+    python bench/fuzz_api.py                       # >= 5,000 schemathesis cases + 3,000 ws connections (~20 min)
     python bench/fuzz_api.py --max-examples 80 --ws-examples 500 --seed 7
 
 1. schemathesis against /api/v1/openapi.json (all its checks; positive_data_acceptance replaced
@@ -36,7 +36,7 @@ from api_fuzz import health_ok, run_schemathesis, run_ws_fuzz, start_server  # n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-examples", type=int, default=120, help="schemathesis cases per operation and phase")
+    parser.add_argument("--max-examples", type=int, default=360, help="schemathesis cases per operation and phase")
     parser.add_argument("--ws-examples", type=int, default=3000, help="websocket fuzz connections")
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--verbose", "-v", action="store_true", help="Print schemathesis' report on failures")

@@ -137,6 +137,7 @@ class GuardedRequestHandler(RequestHandler):
         self.close_reason: str | None = None  # why the server closed it (read by errors.log_client_gone)
         self.last_active = self._loop.time()  # when it last sent a byte (loop time)
         self._refused = False
+        self._lingering = False  # a refused connection kept open briefly (counted in the guard)
         self._header_deadline: float | None = None
         self._body: Any = None  # the payload of a request whose body is still arriving
         self._watchdog: asyncio.TimerHandle | None = None
@@ -160,6 +161,7 @@ class GuardedRequestHandler(RequestHandler):
             return
         tr.write_eof()
         self._guard.lingering += 1
+        self._lingering = True
         self._watchdog = self._loop.call_later(REFUSAL_LINGER_S, tr.close)
 
     def data_received(self, data: bytes) -> None:
@@ -187,7 +189,8 @@ class GuardedRequestHandler(RequestHandler):
             self._watchdog.cancel()
             self._watchdog = None
         if self._refused:
-            self._guard.lingering = max(0, self._guard.lingering - 1)
+            if self._lingering:
+                self._guard.lingering -= 1
             return  # aiohttp never knew this connection
         self._guard.release(self)
         super().connection_lost(exc)
