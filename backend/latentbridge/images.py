@@ -29,9 +29,21 @@ PARAMETERS_CHUNK = "parameters"  # PNG text chunk A1111 and the tools that read 
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
+# The only formats ever decoded from bytes we did not make. Pillow would otherwise try all of its
+# plugins, EPS/PS among them (it runs Ghostscript on them) and other rarely audited decoders.
+DECODE_FORMATS = ("PNG", "JPEG", "WEBP")
+FORMATS_TEXT = "PNG, JPEG or WebP"
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise BadImage(f"not a readable image (only {FORMATS_TEXT} images are decoded)") from None
+
 
 def decode_image(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
-    """Decode PNG/JPEG/WebP/... bytes into a loaded image in mode RGB, RGBA or L.
+    """Decode PNG, JPEG or WebP bytes (no other format) into a loaded image in mode RGB, RGBA or L.
 
     Raises BadImage for empty, truncated, corrupt or unknown data and TooLarge when the image has
     more than `max_pixels` pixels. The size comes from the header, so an oversized image (a
@@ -43,7 +55,7 @@ def decode_image(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             # PIL warns above its own bomb limit; our max_pixels check is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _open(data)
     except Image.DecompressionBombError:
         raise TooLarge("image too large: its header claims more pixels than any limit allows") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -158,7 +170,7 @@ def preview_image(data: bytes, format: str, size: tuple[int, int]) -> Image.Imag
     """A preview's bytes back as an image (`size` is needed for raw `rgb` previews)."""
     if format == "rgb":
         return Image.frombytes("RGB", size, data)
-    with Image.open(io.BytesIO(data)) as image:
+    with _open(data) as image:
         image.load()
         return image
 
@@ -168,9 +180,8 @@ def _open_for_metadata(data_or_path: bytes | str | os.PathLike) -> Image.Image:
         if isinstance(data_or_path, (bytes, bytearray, memoryview)):
             if not data_or_path:
                 raise BadImage("image is empty (0 bytes)")
-            return Image.open(io.BytesIO(bytes(data_or_path)))
-        path = Path(data_or_path)
-        return Image.open(io.BytesIO(path.read_bytes()))
+            return _open(bytes(data_or_path))
+        return _open(Path(data_or_path).read_bytes())
     except BadImage:
         raise
     except FileNotFoundError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .protocol import InvalidRequest, UnknownModel
+from .protocol import UnknownModel
 from .settings import Settings
 
 SAFE_WEIGHTS = (".safetensors",)
@@ -37,12 +37,17 @@ def inside(path: Path, base: Path) -> bool:
     return True
 
 
-def check_file_name(name: str, field: str) -> None:
-    """Refuse a name that no file system could hold (a component over 255 bytes), before it reaches
-    one and fails there with an OS error."""
-    for part in name.replace("\\", "/").split("/"):
-        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise InvalidRequest(f"{field}: a name part is longer than {NAME_MAX} bytes ({part[:40]}…)", field=field)
+def name_fits(name: str) -> bool:
+    """Whether every component of `name` could be a file name (at most NAME_MAX bytes of UTF-8)."""
+    return all(len(part.encode("utf-8", "surrogatepass")) <= NAME_MAX for part in name.replace("\\", "/").split("/"))
+
+
+def check_file_name(name: str, field: str, what: str = "model") -> None:
+    """Refuse a name that no file system could hold (a component over 255 bytes): it names nothing,
+    and asking the OS about it would fail with ENAMETOOLONG."""
+    if not name_fits(name):
+        raise UnknownModel(f"unknown {what} {name[:60]!r}…: no file has a name longer than {NAME_MAX} bytes",
+                           field=field)
 
 
 def _is_diffusers_folder(path: Path) -> bool:
@@ -61,7 +66,7 @@ def find(name: str, settings: Settings, *, dirs: list[Path] | None = None, field
     given `dirs`, e.g. the ControlNet folders). No absolute paths, nothing that resolves outside a
     folder (`..`, symlinks), no hub ids."""
     dirs = settings.model_dirs if dirs is None else dirs
-    check_file_name(name, field)
+    check_file_name(name, field, what)
     if not name.strip() or Path(name).is_absolute() or "\\" in name:
         raise UnknownModel(f"{what} {name!r}: remote clients name {what}s relative to the {what} folders, not by path",
                            field=field)

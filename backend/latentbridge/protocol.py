@@ -11,11 +11,14 @@ It imports nothing heavy (no torch, no aiohttp) so any client can use it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from enum import Enum
-from typing import Annotated, Any, Literal, TypeVar, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 PROTOCOL_VERSION = 1
 WS_PATH = "/api/v1/ws"
@@ -102,21 +105,53 @@ class Seamless(str, Enum):
         return self in (Seamless.y, Seamless.xy)
 
 
+def _number_kind(annotation: Any) -> type | None:
+    """int or float when a field holds a number (possibly Annotated, possibly or None), else None."""
+    if annotation in (int, float):
+        return annotation
+    if get_origin(annotation) is Annotated:
+        return _number_kind(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return next((kind for arg in get_args(annotation) if (kind := _number_kind(arg))), None)
+    return None
+
+
 class Strict(BaseModel):
     # Unknown fields are an error: a typo must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
 
-class MaskOptions(Strict):
+class StrictNumbers(Strict):
+    """A Strict model whose numbers are JSON numbers (for models without a discriminator field:
+    pydantic allows no before-validator on one)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON Schema's `integer` and `number` include neither booleans nor numeric strings, which
+        # pydantic's lax mode would take (`true` as 1, "20" as 20). An integral float such as 2.0
+        # is an integer to JSON Schema and stays accepted. Kept out of the field types so the
+        # generated schemas keep their plain `minimum`/`maximum`.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and isinstance(value, (bool, str, bytes)) and _number_kind(field.annotation):
+            raise ValueError("Input should be a number, not " + ("a boolean" if isinstance(value, bool) else "a string"))
+        return value
+
+
+# Booleans of client messages: `true`/`false` only (lax mode would take 1, "yes", ...).
+WireBool = StrictBool
+
+
+class MaskOptions(StrictNumbers):
     blur: int = Field(4, ge=0, le=256, description="Gaussian feather radius in pixels")
-    invert: bool = Field(False, description="Repaint the unmasked area instead")
-    only_masked: bool = Field(
+    invert: WireBool = Field(False, description="Repaint the unmasked area instead")
+    only_masked: WireBool = Field(
         False, description="Crop around the mask (plus padding), generate at working size, paste back"
     )
     padding: int = Field(32, ge=0, le=1024, description="Context pixels around the mask when only_masked")
 
 
-class OutpaintExtent(Strict):
+class OutpaintExtent(StrictNumbers):
     left: int = Field(0, ge=0, le=2048)
     top: int = Field(0, ge=0, le=2048)
     right: int = Field(0, ge=0, le=2048)
@@ -141,7 +176,7 @@ class ControlType(str, Enum):
     tile = "tile"  # the image itself, for detail and upscaling
 
 
-class ControlUnit(Strict):
+class ControlUnit(StrictNumbers):
     """One ControlNet unit. Its image is the upload with role `control.<index in controls>`."""
 
     type: ControlType
@@ -166,7 +201,7 @@ class ControlUnit(Strict):
         return self
 
 
-class ReferenceImages(Strict):
+class ReferenceImages(StrictNumbers):
     """Reference images for style and subject (IP-Adapter): uploads with roles `reference.0`, ...."""
 
     images: int = Field(1, ge=1, le=MAX_REFERENCES, description="How many reference images were uploaded")
@@ -182,7 +217,7 @@ def image_role_pattern() -> str:
 ImageRole = Annotated[str, Field(pattern=image_role_pattern(), max_length=16)]
 
 
-class LoraSpec(Strict):
+class LoraSpec(StrictNumbers):
     name: str = Field(..., min_length=1, max_length=512, description="File name inside a LoRA directory, or a path the server allows")
     weight: float = Field(1.0, ge=-4.0, le=4.0)
 
@@ -191,7 +226,7 @@ class LoraSpec(Strict):
 PreviewFormat = Literal["png", "jpeg", "webp", "rgb"]
 
 
-class PreviewOptions(Strict):
+class PreviewOptions(StrictNumbers):
     decoder: Literal["latent2rgb", "taesd", "vae", "none"] = "latent2rgb"
     max_size: int = Field(256, ge=16, le=1024, description="Longest side of a preview in pixels")
     format: Literal["jpeg", "png", "rgb"] = Field(
@@ -206,7 +241,7 @@ LATENT_UPSCALERS = ("latent", "latent-antialiased", "latent-bicubic", "latent-bi
                     "latent-nearest", "latent-nearest-exact")
 
 
-class HiresOptions(Strict):
+class HiresOptions(StrictNumbers):
     """A second pass ("hires fix"): the image is generated at `width` x `height`, upscaled, then
     repainted at the large size with img2img, so it keeps the composition of the base size. The
     result is `width * scale` x `height * scale`, or `hires.width` x `hires.height` when given (both
@@ -249,13 +284,25 @@ class HiresOptions(Strict):
         return self.height * width // height, self.height
 
 
-class GenerationRequest(Strict):
+# `_mode_consistency` below, as JSON Schema can say it (so the generated schemas promise only what
+# the model accepts): outpaint needs at least one non-zero extent.
+_OUTPAINT_NEEDS_AN_EXTENT = {
+    "if": {"properties": {"mode": {"const": "outpaint"}}, "required": ["mode"]},
+    "then": {"required": ["outpaint"], "properties": {"outpaint": {"anyOf": [
+        {"properties": {side: {"minimum": 1}}, "required": [side]} for side in ("left", "top", "right", "bottom")
+    ]}}},
+}
+
+
+class GenerationRequest(StrictNumbers):
     """A whole generation. Stored with every result, so any image can be regenerated exactly."""
 
+    model_config = ConfigDict(extra="forbid", use_enum_values=False,
+                              json_schema_extra={"allOf": [_OUTPAINT_NEEDS_AN_EXTENT]})
     mode: Mode = Mode.txt2img
     prompt: str = Field("", max_length=10_000)
     negative_prompt: str = Field("", max_length=10_000)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when absent; always reported back")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="Random when absent; always reported back")
     steps: int = Field(20, ge=1, le=MAX_STEPS)
     guidance: float = Field(7.0, ge=0.0, le=30.0)
     strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img/inpaint denoising strength")
@@ -406,6 +453,36 @@ def error_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequ
     return InvalidRequest(f"{field or 'request'}: {first.get('msg', 'invalid value')}", field=field or None)
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999: Python would read it as inf
+        raise _NotFinite(text)
+    return value
+
+
+def loads_json(text: str | bytes | bytearray, what: str = "message", field: str | None = None) -> Any:
+    """Strict JSON for everything a client sends: NaN, Infinity and numbers beyond a float's range
+    are refused (they are not JSON, and a NaN must never reach a response), and nesting too deep
+    for the decoder is a typed error, not a RecursionError. Any failure is `bad_message`."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise LatentBridgeError(f"{what} contains {exc}: NaN and Infinity are not JSON numbers",
+                                field=field, code=ErrorCode.bad_message) from None
+    except RecursionError:
+        raise LatentBridgeError(f"{what} is nested too deeply", field=field, code=ErrorCode.bad_message) from None
+    except (ValueError, UnicodeDecodeError):
+        raise LatentBridgeError(f"{what} is not valid JSON", field=field, code=ErrorCode.bad_message) from None
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -471,10 +548,7 @@ _client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 def parse_client_message(text: str | bytes) -> HelloMessage | SubmitMessage | CancelMessage | AttachMessage | PingMessage:
     """Decode one JSON text frame from a client, or raise a typed LatentBridgeError."""
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("message is not valid JSON", code=ErrorCode.bad_message) from None
+    data = loads_json(text)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise LatentBridgeError("message must be a JSON object with a string `type`", field="type", code=ErrorCode.bad_message)
     if data["type"] not in {"hello", "submit", "cancel", "attach", "ping"}:
@@ -690,16 +764,16 @@ ImageFormat = Literal["png", "jpeg", "webp"]
 MAX_BINARY_HEADER = 4096
 
 
-class BinaryHeader(Strict):
+class BinaryHeader(StrictNumbers):
     kind: BinaryKind
     format: PreviewFormat = Field(..., description="png, jpeg or webp; `rgb` (raw pixels) on preview frames only")
     job_id: str | None = Field(None, max_length=100, description="Set on preview/result frames")
     upload_id: str | None = Field(None, max_length=100, description="Set on upload frames; named in `submit.images`")
     index: int = Field(0, ge=0, le=1024)
-    step: int | None = Field(None, ge=0, description="Preview frames: the step it shows")
-    total: int | None = Field(None, ge=0)
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
+    step: Annotated[int, Field(ge=0)] | None = Field(None, description="Preview frames: the step it shows")
+    total: Annotated[int, Field(ge=0)] | None = None
+    width: Annotated[int, Field(ge=1)] | None = None
+    height: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _ids(self) -> "BinaryHeader":
@@ -726,10 +800,7 @@ def decode_binary_frame(frame: bytes) -> tuple[BinaryHeader, bytes]:
         raise LatentBridgeError(f"binary header length {n} out of range 1..{MAX_BINARY_HEADER}", code=ErrorCode.bad_message)
     if len(frame) < 4 + n:
         raise LatentBridgeError("binary frame truncated inside its header", code=ErrorCode.bad_message)
-    try:
-        data = json.loads(frame[4 : 4 + n])
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("binary header is not valid JSON", code=ErrorCode.bad_message) from None
+    data = loads_json(frame[4 : 4 + n], what="binary header")
     if not isinstance(data, dict):
         raise LatentBridgeError("binary header must be a JSON object", code=ErrorCode.bad_message)
     try:

@@ -82,6 +82,27 @@ class Settings(BaseModel):
     retention_jobs: int = 500
     preview_interval_s: float = Field(0.1, description="At most one preview per client this often")
 
+    # --- connection limits (docs/http-api.md, "Limits and hardening") ---
+    max_connections: int = Field(512, ge=1, description="Open connections in total (lowered at start to fit "
+                                 "the open-file limit); idle ones are closed first to make room, else 503")
+    max_connections_per_client: int = Field(64, ge=1, description="Open connections per client address; "
+                                            "idle ones are closed first to make room, else 503")
+    header_timeout_s: float = Field(10.0, gt=0, description="Close a connection whose request line and "
+                                    "headers take longer than this")
+    body_timeout_s: float = Field(30.0, gt=0, description="Close a connection whose request body sends "
+                                  "nothing for this long")
+    keepalive_timeout_s: float = Field(75.0, gt=0, description="Close an idle keep-alive connection after this long")
+    ws_auth_timeout_s: float = Field(5.0, gt=0, description="Close a websocket that has not authenticated "
+                                     "(token in a header or in `hello`) after this long")
+    auth_backoff_max_s: float = Field(30.0, ge=0, description="Longest delay imposed on an address that keeps "
+                                      "sending wrong tokens (the delay doubles per failure)")
+    max_upload_bytes_per_connection: int = Field(160 * 1024 * 1024, ge=1, description="Websocket uploads "
+                                                 "waiting for a submit, per connection (bytes)")
+    max_upload_bytes_total: int = Field(512 * 1024 * 1024, ge=1, description="Websocket uploads waiting for "
+                                        "a submit, all connections together (bytes)")
+    upload_ttl_s: float = Field(300.0, gt=0, description="A websocket upload not used by a submit within "
+                                "this time is dropped")
+
     def engine_view(self) -> dict[str, Any]:
         return self.model_dump(include={"model", "device", "dtype"})
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -12,6 +21,44 @@ from PIL import Image, ImageDraw
 from latentbridge.protocol import BinaryHeader, decode_binary_frame, encode_binary_frame, parse_server_event
 
 TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A real listening server in this process (`latentbridge.server.serve`), and raw sockets to it
+
+HEALTH = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def running(make_settings, tiny_engine, **overrides):
+    """`serve()` on a free port with the shared tiny engine; yields the port."""
+    from latentbridge.server import create_app, serve
+
+    settings = make_settings(port=0, **overrides)
+    started: asyncio.Future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, app=create_app(settings, tiny_engine), started=started,
+                                     own_loop=False))
+    site = await asyncio.wait_for(started, 30)
+    try:
+        yield site.addresses[0][1]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def raw_request(port: int, raw: bytes = HEALTH, source: str = "127.0.0.1", timeout: float = 5) -> tuple[int, bytes]:
+    reader, writer = await connect(port, source)
+    try:
+        writer.write(raw)
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def png_bytes(size=(64, 64), color=(40, 90, 160), mode="RGB") -> bytes:
@@ -67,3 +114,67 @@ class WsClient:
     async def hello(self, **fields: Any):
         await self.send({"type": "hello", "client": "tests", **fields})
         return await self.receive()
+
+
+# ---------------------------------------------------------------------------------------------
+# `latentbridge serve` as a real process
+
+
+class Serve:
+    """`python -m latentbridge serve --model tiny --port 0 ...`, its output collected by a thread
+    (a full pipe would block the server's logging)."""
+
+    def __init__(self, tmp_path, *args: str, nofile: int | None = None, port: str = "0"):
+        def limit_files():
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "latentbridge", "serve", "--model", "tiny", "--port", port,
+             "--data-dir", str(tmp_path / "data"), *args],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=limit_files, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port: int | None = None
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_listening(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if match := re.search(r"listening on http://127\.0\.0\.1:(\d+) ", line):
+                    self.port = int(match.group(1))
+                    return self.port
+            assert self.process.poll() is None, self.output
+            time.sleep(0.02)
+        raise AssertionError(f"no `listening` line in {timeout} s:\n{self.output}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not _ready(f"http://127.0.0.1:{self.port}"):
+            assert self.process.poll() is None, self.output
+            assert time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(5)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/api/v1/health", timeout=1) as response:
+            return json.loads(response.read())["model"]["state"] == "ready"
+    except OSError:
+        return False

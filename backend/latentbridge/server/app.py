@@ -14,7 +14,10 @@ from ..protocol import PROTOCOL_VERSION, Capabilities, Limits, Mode
 from ..settings import Settings
 from ..store import ResultStore
 from .errors import error_middleware
+from .limits import body_limit_middleware
 from .security import security_middleware
+from .throttle import AuthThrottle
+from .uploads import add_upload_budget
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,7 @@ SETTINGS_KEY = web.AppKey("latentbridge_settings", Settings)
 ENGINE_KEY = web.AppKey("latentbridge_engine", Any)
 JOBS_KEY = web.AppKey("latentbridge_jobs", JobManager)
 WEBSOCKETS_KEY = web.AppKey("latentbridge_websockets", weakref.WeakSet)  # live ws.Connection objects
+AUTH_THROTTLE_KEY = web.AppKey("latentbridge_auth_throttle", AuthThrottle)
 
 SERVER_NAME = f"latentbridge/{__version__}"
 
@@ -62,11 +66,14 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
         from ..engine import Engine
 
         engine = Engine(settings)
+    throttle = AuthThrottle(settings.auth_backoff_max_s)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware(), security_middleware(settings)],
+        middlewares=[error_middleware(), security_middleware(settings, throttle), body_limit_middleware(settings)],
     )
     app[SETTINGS_KEY] = settings
+    app[AUTH_THROTTLE_KEY] = throttle
+    add_upload_budget(app, settings)
     app[ENGINE_KEY] = engine
     app[JOBS_KEY] = JobManager(engine, ResultStore(settings.data_dir, settings.retention_jobs), settings)
     app[WEBSOCKETS_KEY] = weakref.WeakSet()
@@ -102,5 +109,5 @@ def _add_optional_routes(app: web.Application) -> None:
         add_openai_routes(app)
 
 
-__all__ = ["create_app", "capabilities", "SETTINGS_KEY", "ENGINE_KEY", "JOBS_KEY", "WEBSOCKETS_KEY",
+__all__ = ["create_app", "capabilities", "SETTINGS_KEY", "ENGINE_KEY", "JOBS_KEY", "WEBSOCKETS_KEY", "AUTH_THROTTLE_KEY",
            "SERVER_NAME", "PROTOCOL_VERSION"]

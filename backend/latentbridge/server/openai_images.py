@@ -21,6 +21,7 @@ from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .jsonio import json_response, read_json
 from ..protocol import (
     MAX_BATCH,
     MAX_SEED,
@@ -98,7 +99,7 @@ def openai_error(exc: LatentBridgeError, status: int | None = None) -> web.Respo
     kind = "authentication_error" if status == 401 else ("server_error" if status >= 500 else "invalid_request_error")
     body["error"] = {"message": exc.message, "type": kind, "param": exc.field, "code": exc.code.value}
     headers = {"Retry-After": str(getattr(exc, "retry_after_s", 5))} if status in (429, 503) else None
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 def _route(fn):
@@ -218,7 +219,7 @@ async def _run(request: web.Request, params: _Params, generation: GenerationRequ
                                                           params.output_compression)
             data.append(item)
     size = f"{generation.width}x{generation.height}"
-    return web.json_response({"created": int(time.time()), "data": data, "background": "opaque",
+    return json_response({"created": int(time.time()), "data": data, "background": "opaque",
                               "output_format": params.output_format or "png", "quality": params.quality or "auto",
                               "size": size})
 
@@ -239,10 +240,7 @@ def _encode(png: bytes, fmt: str, compression: int | None) -> str:
 
 
 async def _json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("the body is not valid JSON", field="body", code=ErrorCode.bad_message) from None
+    return await read_json(request)  # strict: NaN/Infinity and over-deep nesting refused
 
 
 @_route
@@ -331,7 +329,7 @@ def _models(app: web.Application) -> list[dict[str, Any]]:
 
 @_route
 async def models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": await asyncio.to_thread(_models, request.app)})
+    return json_response({"object": "list", "data": await asyncio.to_thread(_models, request.app)})
 
 
 @_route
@@ -339,7 +337,7 @@ async def model(request: web.Request) -> web.Response:
     wanted = request.match_info["model"]
     for entry in await asyncio.to_thread(_models, request.app):
         if entry["id"] == wanted:
-            return web.json_response(entry)
+            return json_response(entry)
     raise LatentBridgeError(f"The model '{wanted}' does not exist", field="model", code=ErrorCode.unknown_model)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import re
 from typing import Any
 
@@ -26,11 +25,15 @@ from ..protocol import (
     LatentBridgeError,
     ModelState,
     PreviewEvent,
+    TooLarge,
     ImageRole,
     error_from_validation,
     image_role_pattern,
+    loads_json,
 )
 from .app import ENGINE_KEY, JOBS_KEY, SETTINGS_KEY
+from .errors import log_client_gone
+from .jsonio import json_response, read_json
 from .security import list_controlnets, list_models, resolve_model_name
 from .submit import submit_job
 
@@ -65,11 +68,7 @@ def _b64(value: str, field: str) -> bytes:
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise LatentBridgeError("request body is not valid JSON", field="body", code=ErrorCode.bad_message) from None
+    return await read_json(request)
 
 
 def _owner(request: web.Request) -> str:
@@ -88,28 +87,48 @@ def _job_or_404(request: web.Request):
 # Jobs
 
 
+MULTIPART_PARTS = ("request", "priority", "init_image", "mask")  # and the image roles: control.0, reference.0, ...
+
+
 async def _read_multipart(request: web.Request) -> tuple[Any, dict[str, bytes], str]:
-    reader = await request.multipart()
-    data: Any = None
-    files: dict[str, bytes] = {}
-    priority = "normal"
-    async for part in reader:
-        name = part.name or ""
-        if name == "request":
-            try:
-                data = json.loads(await part.text())
-            except (ValueError, UnicodeDecodeError):
-                raise LatentBridgeError("the `request` part is not valid JSON", field="request",
-                                        code=ErrorCode.bad_message) from None
-        elif name in ("init_image", "mask") or re.match(image_role_pattern(), name):
-            files[name] = bytes(await part.read())
-        elif name == "priority":
-            priority = (await part.text()).strip()
-        else:
-            raise InvalidRequest(f"unknown multipart part {name!r}", field=name or "part")
+    """The multipart body's parts. Malformed part headers surface as aiohttp's HttpProcessingError
+    (the error middleware makes it a 400); each part is bounded by `client_max_size` and, since a
+    chunked body has no Content-Length, so is their sum (at most one part of each name)."""
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:  # no boundary, or a boundary aiohttp cannot use
+        raise LatentBridgeError(f"malformed multipart body: {exc}"[:300], field="Content-Type",
+                                code=ErrorCode.bad_message) from None
+    parts: dict[str, bytes] = {}
+    total = 0
+    try:
+        async for part in reader:
+            name = part.name or ""
+            if name not in MULTIPART_PARTS and not re.match(image_role_pattern(), name):
+                raise InvalidRequest(f"unknown multipart part {name!r}", field=name[:100] or "part")
+            if name in parts:
+                raise InvalidRequest(f"multipart part {name!r} sent twice", field=name)
+            parts[name] = bytes(await part.read())  # raw: Content-Transfer-Encoding is obsolete for forms (RFC 7578)
+            total += len(parts[name])
+            if total > request.app[SETTINGS_KEY].max_body_bytes:
+                raise TooLarge("request body too large", field="body")
+    except ValueError as exc:  # aiohttp: a boundary or part Content-Length it cannot parse
+        raise LatentBridgeError(f"malformed multipart body: {exc}"[:300], field="body",
+                                code=ErrorCode.bad_message) from None
+    data = None
+    if "request" in parts:
+        data = loads_json(_utf8(parts["request"], "request"), what="the `request` part", field="request")
+    priority = _utf8(parts["priority"], "priority").strip() if "priority" in parts else "normal"
     if data is None:
         raise InvalidRequest("multipart body needs a `request` part with the request JSON", field="request")
-    return data, files, priority
+    return data, {k: v for k, v in parts.items() if k not in ("request", "priority")}, priority
+
+
+def _utf8(data: bytes, field: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LatentBridgeError(f"the `{field}` part is not UTF-8 text", field=field, code=ErrorCode.bad_message) from None
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -144,7 +163,7 @@ async def submit(request: web.Request) -> web.Response:
     job = await submit_job(request.app, parsed.request, init_bytes, mask_bytes, owner=_owner(request),
                            priority=parsed.priority, images=files)
     position = request.app[JOBS_KEY].position(job) or 0
-    return web.json_response({"type": "accepted", "job_id": job.id, "client_ref": None, "position": position},
+    return json_response({"type": "accepted", "job_id": job.id, "client_ref": None, "position": position},
                              status=202, headers={"Location": f"{API}/jobs/{job.id}"})
 
 
@@ -156,19 +175,19 @@ async def history(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise InvalidRequest("limit must be between 1 and 1000", field="limit")
     jobs = request.app[JOBS_KEY].history(limit)
-    return web.json_response({"jobs": [s.model_dump(mode="json") for s in jobs]})
+    return json_response({"jobs": [s.model_dump(mode="json") for s in jobs]})
 
 
 async def job_status(request: web.Request) -> web.Response:
     _job_id, status = _job_or_404(request)
-    return web.json_response(status.model_dump(mode="json"))
+    return json_response(status.model_dump(mode="json"))
 
 
 async def cancel(request: web.Request) -> web.Response:
     job_id, _status = _job_or_404(request)
     cancelled = await request.app[JOBS_KEY].cancel(job_id)
     state = request.app[JOBS_KEY].status(job_id)
-    return web.json_response({"job_id": job_id, "cancelled": cancelled,
+    return json_response({"job_id": job_id, "cancelled": cancelled,
                               "state": state.state.value if state else None})
 
 
@@ -233,12 +252,11 @@ async def events(request: web.Request) -> web.StreamResponse:
             await response.write(_sse(item))
             if isinstance(item, (DoneEvent, CancelledEvent, ErrorEvent)):
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
-        subscription.close()
-        raise
+        await response.write_eof()
+    except ConnectionResetError as exc:  # the reader hung up; the job runs on
+        log_client_gone(request, exc)
     finally:
         subscription.close()
-    await response.write_eof()
     return response
 
 
@@ -250,7 +268,7 @@ async def models(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     available = await asyncio.to_thread(list_models, settings)
     controlnets = await asyncio.to_thread(list_controlnets, settings)
-    return web.json_response({
+    return json_response({
         "controlnets": controlnets,
         "current": request.app[ENGINE_KEY].status.model_dump(mode="json"),
         "configured": settings.model,
@@ -267,7 +285,7 @@ async def load_model(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     name = resolve_model_name(body.model, request.app[SETTINGS_KEY], engine.status.name)
     await request.app[JOBS_KEY].load_model(name, requested_by=_owner(request))
-    return web.json_response(engine.status.model_dump(mode="json"))
+    return json_response(engine.status.model_dump(mode="json"))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -275,7 +293,7 @@ async def health(request: web.Request) -> web.Response:
     model = request.app[ENGINE_KEY].status
     current: Job | None = jobs.current_job
     status = {"ready": "ok", "failed": "error"}.get(model.state.value, "starting")
-    return web.json_response({
+    return json_response({
         "status": status,
         "server": f"latentbridge/{__version__}",
         "protocol": PROTOCOL_VERSION,

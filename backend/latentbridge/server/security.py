@@ -29,6 +29,7 @@ from .. import model_dirs
 from ..protocol import BUILTIN_CONTROLNETS, BUILTIN_IP_ADAPTERS, BUILTIN_MODELS, WS_PATH, ErrorCode, LatentBridgeError
 from ..settings import Settings
 from .errors import error_response
+from .throttle import AuthThrottle, TooManyAttempts
 
 CLIENT_HEADER = "X-LatentBridge-Client"
 SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
@@ -97,7 +98,28 @@ def token_ok(presented: str | None, settings: Settings) -> bool:
         return True
     if presented is None:
         return False
-    return hmac.compare_digest(presented.encode(), settings.token.encode())
+    try:
+        # Header bytes that are not UTF-8 reach us as surrogate escapes: compare the bytes as sent.
+        given = presented.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON string: no token has one
+        return False
+    return hmac.compare_digest(given, settings.token.encode("utf-8"))
+
+
+async def check_token(presented: str | None, address: str | None, settings: Settings, throttle: AuthThrottle) -> bool:
+    """`token_ok`, with backoff for an address that keeps sending wrong tokens (throttle.py).
+    Raises TooManyAttempts when that address must wait longer than the longest delay."""
+    if not settings.token:
+        return True
+    if presented is None:
+        return False  # no token at all is not a guess
+    address = address or "local"
+    await throttle.wait_turn(address)
+    if token_ok(presented, settings):
+        throttle.succeeded(address)
+        return True
+    throttle.failed(address)
+    return False
 
 
 def bearer(request: web.Request) -> str | None:
@@ -110,7 +132,14 @@ def _forbidden(message: str) -> web.Response:
     return error_response(LatentBridgeError(message, code=ErrorCode.forbidden))
 
 
-def security_middleware(settings: Settings) -> Callable:
+def _unauthorized(exc: LatentBridgeError) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, TooManyAttempts):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return error_response(exc, headers=headers)
+
+
+def security_middleware(settings: Settings, throttle: AuthThrottle) -> Callable:
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         if not host_allowed(request.headers.get("Host"), settings):
@@ -132,10 +161,14 @@ def security_middleware(settings: Settings) -> Callable:
         if settings.token:
             # The websocket may instead send its token in `hello` (checked by the ws handler).
             ws_without_header = request.path == WS_PATH and presented is None
-            if not ws_without_header and not token_ok(presented, settings):
-                return error_response(LatentBridgeError("a valid bearer token is required",
-                                                        code=ErrorCode.unauthorized),
-                                      headers={"WWW-Authenticate": "Bearer"})
+            if not ws_without_header:
+                try:
+                    ok = await check_token(presented, request.remote, settings, throttle)
+                except TooManyAttempts as exc:
+                    return _unauthorized(exc)
+                if not ok:
+                    return _unauthorized(LatentBridgeError("a valid bearer token is required",
+                                                           code=ErrorCode.unauthorized))
         return await handler(request)
 
     return middleware
@@ -190,6 +223,7 @@ def check_lora_names(names: list[str]) -> None:
         if path.is_absolute() or ".." in path.parts or "/" in name or "\\" in name:
             raise LatentBridgeError(f"LoRA {name!r} is not allowed: give a file name inside the LoRA folders",
                                     field=f"loras.{i}.name", code=ErrorCode.invalid_request)
+        model_dirs.check_file_name(name, f"loras.{i}.name", "LoRA")
 
 
 def list_models(settings: Settings) -> list[dict[str, str]]:

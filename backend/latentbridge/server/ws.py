@@ -30,27 +30,28 @@ from ..protocol import (
     HelloEvent,
     HelloMessage,
     LatentBridgeError,
-    MissingImage,
     ModelEvent,
     PingMessage,
     PongEvent,
     ResultEvent,
     SubmitMessage,
-    TooLarge,
     decode_binary_frame,
     encode_binary_frame,
     parse_client_message,
 )
-from .app import ENGINE_KEY, JOBS_KEY, SERVER_NAME, SETTINGS_KEY, WEBSOCKETS_KEY, capabilities
-from .security import bearer, token_ok
+from .app import AUTH_THROTTLE_KEY, ENGINE_KEY, JOBS_KEY, SERVER_NAME, SETTINGS_KEY, WEBSOCKETS_KEY, capabilities
+from .security import bearer, check_token
 from .submit import submit_job
+from .uploads import UPLOADS_KEY
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 20.0
 MODEL_WATCH_S = 0.25  # how often the model's status is checked for changes to announce
 MODEL_WATCH_KEY = web.AppKey("latentbridge_model_watch", asyncio.Task)
-MAX_PENDING_UPLOADS = 16
+# What a websocket write raises once the peer is gone (aiohttp's ClientConnectionResetError is a
+# ConnectionResetError; a write after close is a RuntimeError in older aiohttp).
+PEER_GONE = (ConnectionResetError, RuntimeError)
 
 
 class Connection:
@@ -59,9 +60,11 @@ class Connection:
         self.ws = ws
         self.id = uuid.uuid4().hex[:12]
         self.owner = f"ws:{self.id}"
+        self.remote: str | None = None
+        self.ended: str | None = None  # how the connection ended, when it was not a clean close
         self.authenticated = authenticated
         self.greeted = False  # hello answered: model events may follow
-        self.uploads: dict[str, bytes] = {}
+        self.uploads = app[UPLOADS_KEY].pending(self.owner)
         self.forwarders: dict[str, asyncio.Task] = {}
         self._send_lock = asyncio.Lock()
 
@@ -101,7 +104,8 @@ class Connection:
             raise LatentBridgeError(f"protocol {message.protocol} not supported; this server speaks {PROTOCOL_VERSION}",
                                     field="protocol", code=ErrorCode.bad_message)
         if not self.authenticated:
-            if not token_ok(message.token, self.app[SETTINGS_KEY]) or message.token is None:
+            ok = await check_token(message.token, self.remote, self.app[SETTINGS_KEY], self.app[AUTH_THROTTLE_KEY])
+            if not ok:
                 raise LatentBridgeError("invalid token", field="token", code=ErrorCode.unauthorized)
             self.authenticated = True
         await self.send_event(HelloEvent(server=SERVER_NAME, capabilities=capabilities(self.app),
@@ -118,21 +122,16 @@ class Connection:
         if not payload:
             raise LatentBridgeError("upload frame has no image bytes", field="header", code=ErrorCode.bad_image)
         assert header.upload_id is not None
-        if header.upload_id not in self.uploads and len(self.uploads) >= MAX_PENDING_UPLOADS:
-            raise TooLarge(f"more than {MAX_PENDING_UPLOADS} uploads waiting for a submit", field="header.upload_id")
-        self.uploads[header.upload_id] = payload
+        self.uploads.put(header.upload_id, payload)
 
     async def on_submit(self, message: SubmitMessage) -> None:
         data: dict[str, bytes] = {}
         try:
             for role, upload_id in message.images.items():
-                if upload_id not in self.uploads:
-                    raise MissingImage(f"no upload {upload_id!r}: send the `upload` frame before `submit`",
-                                       field=f"images.{role}")
-                data[role] = self.uploads[upload_id]
+                data[role] = self.uploads.take(upload_id, field=f"images.{role}")
         finally:
             for upload_id in message.images.values():  # consumed (or refused) either way
-                self.uploads.pop(upload_id, None)
+                self.uploads.discard(upload_id)
         others = {role: payload for role, payload in data.items() if role not in ("init", "mask")}
         job = await submit_job(self.app, message.request, data.get("init"), data.get("mask"), owner=self.owner,
                                priority=message.priority, fields=("images.init", "images.mask"), images=others)
@@ -191,7 +190,7 @@ class Connection:
                         continue
                     await self.send_binary(BinaryHeader(kind="result", format="png", job_id=job_id, index=item.index,
                                                         width=item.width, height=item.height), png)
-        except (ConnectionResetError, RuntimeError):
+        except PEER_GONE:
             return  # the client went away; the job carries on
         finally:
             subscription.close()
@@ -201,6 +200,14 @@ class Connection:
             task.cancel()
         self.uploads.clear()
 
+    async def close_unless_authenticated(self, timeout_s: float) -> None:
+        """A websocket must authenticate within `timeout_s` (ws_auth_timeout_s), or it is closed:
+        unauthenticated sockets must not sit on connections and memory."""
+        await asyncio.sleep(timeout_s)
+        if not self.authenticated and not self.ws.closed:
+            log.info("closing websocket from %s: no valid token within %g s", self.remote, timeout_s)
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication timeout")
+
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
@@ -209,28 +216,55 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     # The security middleware already checked a header token; without one, `hello` must carry it.
     conn = Connection(app, ws, authenticated=not settings.token or bearer(request) is not None)
+    conn.remote = request.remote
     app[WEBSOCKETS_KEY].add(conn)
+    auth_deadline = None
+    if not conn.authenticated:
+        auth_deadline = asyncio.create_task(conn.close_unless_authenticated(settings.ws_auth_timeout_s))
     try:
         async for msg in ws:
-            try:
-                if msg.type == WSMsgType.TEXT:
-                    await conn.on_text(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    await conn.on_binary(msg.data)
-                elif msg.type == WSMsgType.ERROR:
-                    break
-            except LatentBridgeError as exc:
-                await conn.send_error(exc)
-                if exc.code is ErrorCode.unauthorized:
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
-                    break
-            except Exception:  # noqa: BLE001 - typed error to the client, traceback to the log
-                log.exception("error handling a websocket message")
-                await conn.send_event(ErrorEvent(code=ErrorCode.internal, message="internal server error; see the server log"))
+            if not await _handle_message(conn, msg):
+                break
+    except ConnectionResetError as exc:  # the peer vanished while we replied
+        conn.ended = f"went away ({exc or type(exc).__name__})"
     finally:
+        if auth_deadline is not None:
+            auth_deadline.cancel()
         await conn.close()
         app[WEBSOCKETS_KEY].discard(conn)
+    if conn.ended is None and ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
+        conn.ended = "went away (connection lost without a close frame)"
+    if conn.ended is not None:  # one line for a client that hung up or broke the protocol; its jobs run on
+        log.info("websocket client %s %s", conn.remote, conn.ended)
     return ws
+
+
+async def _handle_message(conn: Connection, msg: Any) -> bool:
+    """One frame; False when the connection is done. Bad frames get a typed `error` event and one
+    log line; a frame the websocket layer itself refuses (invalid UTF-8, over max_message_bytes)
+    closes the connection with the matching close code, logged once."""
+    ws = conn.ws
+    try:
+        if msg.type == WSMsgType.TEXT:
+            await conn.on_text(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await conn.on_binary(msg.data)
+        elif msg.type == WSMsgType.ERROR:
+            conn.ended = f"broke the websocket protocol, closed ({msg.data})"
+            return False
+    except LatentBridgeError as exc:
+        log.info("websocket client %s: %s: %s", conn.remote, exc.code.value, exc.message[:300])
+        await conn.send_error(exc)
+        if exc.code is ErrorCode.unauthorized:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
+            return False
+    except Exception as exc:  # noqa: BLE001 - typed error to the client, traceback to the log
+        if isinstance(exc, ConnectionResetError) or ws.closed:  # the peer vanished while we replied
+            conn.ended = f"went away ({exc or type(exc).__name__})"
+            return False
+        log.exception("error handling a websocket message")
+        await conn.send_event(ErrorEvent(code=ErrorCode.internal, message="internal server error; see the server log"))
+    return True
 
 
 def _model_key(status: Any) -> tuple:
@@ -254,7 +288,7 @@ async def announce_model_changes(app: web.Application) -> None:
         for conn in [c for c in app[WEBSOCKETS_KEY] if c.greeted and not c.ws.closed]:
             try:
                 await conn.send_event(ModelEvent(model=status))
-            except (ConnectionResetError, RuntimeError):
+            except PEER_GONE:
                 continue  # that client is going away; the others still hear
 
 

@@ -6,13 +6,13 @@ detail is "Not Found": the route does not exist) apart by that detail.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ...protocol import ErrorCode, LatentBridgeError, error_from_validation
+from ..jsonio import json_response
+from ...protocol import ErrorCode, LatentBridgeError, error_from_validation, loads_json
 from ..errors import HTTP_STATUS
 
 # A1111 answers what a client sent wrong with 422 (FastAPI), a model that fails to load with 500.
@@ -82,17 +82,19 @@ def error_response(exc: LatentBridgeError) -> web.Response:
     body["detail"] = getattr(exc, "detail", exc.message)
     retry_after = getattr(exc, "retry_after_s", 5)
     headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON; malformed JSON is FastAPI's 422 `json_invalid`."""
     raw = await request.read()
+    if not raw.strip():
+        return None
     try:
-        return json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        error = A1111Error("request body is not valid JSON", status=422, field="body", code=ErrorCode.bad_message)
-        error.detail = [{"loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error", "type": "json_invalid"}]
+        return loads_json(raw, what="request body", field="body")  # strict: no NaN, bounded nesting
+    except LatentBridgeError as exc:
+        error = A1111Error(exc.message, status=422, field="body", code=ErrorCode.bad_message)
+        error.detail = [{"loc": ["body", 0], "msg": "JSON decode error", "type": "json_invalid"}]
         raise error from None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, PngImagePlugin
 
+from ..jsonio import json_response
 from ... import images as image_utils
 from ...infotext import LATENT_UPSCALE_MODES, a1111_parameters, parse_parameters
 from ...model_hash import safetensors_header
@@ -49,7 +50,7 @@ async def upscalers(request: web.Request) -> web.Response:
              for n in BUILTIN_UPSCALERS]
     items += [{"name": u["name"], "model_name": u["name"], "model_path": u["path"], "model_url": None,
                "scale": u["scale"]} for u in models]
-    return web.json_response(items)
+    return json_response(items)
 
 
 def _is_esrgan_family(path: Path) -> bool:
@@ -65,17 +66,17 @@ def _is_esrgan_family(path: Path) -> bool:
 async def realesrgan_models(request: web.Request) -> web.Response:
     models = await asyncio.to_thread(_model_upscalers, request.app)
     found = await asyncio.to_thread(lambda: [u for u in models if _is_esrgan_family(Path(u["path"]))])
-    return web.json_response([{"name": u["name"], "path": u["path"], "scale": int(u["scale"])} for u in found])
+    return json_response([{"name": u["name"], "path": u["path"], "scale": int(u["scale"])} for u in found])
 
 
 @a1111_route
 async def latent_upscale_modes(request: web.Request) -> web.Response:
-    return web.json_response([{"name": name} for name in LATENT_UPSCALE_MODES])
+    return json_response([{"name": name} for name in LATENT_UPSCALE_MODES])
 
 
 @a1111_route
 async def face_restorers(request: web.Request) -> web.Response:
-    return web.json_response([])  # none here: a call asking for face restoration is refused
+    return json_response([])  # none here: a call asking for face restoration is refused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ async def extra_single_image(request: web.Request) -> web.Response:
     if not payload.image:
         raise InvalidRequest("image is required", field="image")
     images, info = await _run_extras(request, [(payload.image, "image")], payload)
-    return web.json_response({"html_info": info, "image": images[0]})
+    return json_response({"html_info": info, "image": images[0]})
 
 
 @a1111_route
@@ -199,7 +200,7 @@ async def extra_batch_images(request: web.Request) -> web.Response:
         raise InvalidRequest(f"at most {settings(request.app).max_queue} images per call", field="imageList")
     sources = [(item.data, f"imageList.{i}.data") for i, item in enumerate(payload.imageList)]
     images, info = await _run_extras(request, sources, payload)
-    return web.json_response({"html_info": info, "images": images})
+    return json_response({"html_info": info, "images": images})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,4 +235,4 @@ async def png_info(request: web.Request) -> web.Response:
     except LatentBridgeError as exc:
         exc.field = "image"
         raise
-    return web.json_response(body)
+    return json_response(body)

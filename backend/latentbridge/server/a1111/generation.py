@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ...infotext import SCHEDULE_LABELS, a1111_parameters, effective_schedule, model_label, sampler_name, upscaler_label
 from ...model_hash import ADDNET_SHORT, short
 from ...protocol import GenerationRequest, InvalidRequest, Mode, Schedule
@@ -182,7 +183,7 @@ async def _generate(request: web.Request, kind: str) -> web.Response:
         parameters["init_images"] = None
         parameters["mask"] = None
     parameters.pop("include_init_images", None)
-    return web.json_response({
+    return json_response({
         "images": encoded if plan.payload.send_images else [],
         "parameters": parameters,
         "info": json.dumps(info),

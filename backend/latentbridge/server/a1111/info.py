@@ -12,6 +12,7 @@ import asyncio
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ..security import is_loopback
 from .errors import a1111_route
 from .prompts import read_styles, styles_file
@@ -20,23 +21,23 @@ from .state import engine, settings
 
 @a1111_route
 async def scripts(request: web.Request) -> web.Response:
-    return web.json_response({"txt2img": [], "img2img": []})
+    return json_response({"txt2img": [], "img2img": []})
 
 
 @a1111_route
 async def script_info(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return json_response([])
 
 
 @a1111_route
 async def extensions(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return json_response([])
 
 
 @a1111_route
 async def prompt_styles(request: web.Request) -> web.Response:
     styles = await asyncio.to_thread(read_styles, styles_file(settings(request.app)))
-    return web.json_response([{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles])
+    return json_response([{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles])
 
 
 def _first(paths) -> str | None:
@@ -49,7 +50,7 @@ async def cmd_flags(request: web.Request) -> web.Response:
     status = engine(request.app).status
     dtype = status.dtype or cfg.dtype
     device = status.device or cfg.device or ""
-    return web.json_response({
+    return json_response({
         "api": True,
         "nowebui": True,
         "listen": not is_loopback(cfg.host),

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ...model_dirs import SAFE_WEIGHTS, weight_files
 from ...model_hash import name_hash, safetensors_metadata, short
 from ...protocol import ErrorCode, LatentBridgeError, UnknownModel
@@ -155,7 +156,7 @@ def _sd_model_items(app: web.Application) -> list[dict[str, Any]]:
 async def refresh(request: web.Request) -> web.Response:
     """refresh-checkpoints / -vae / -loras / -embeddings: every listing reads the folders afresh,
     so there is nothing to reload; answers as A1111 does."""
-    return web.json_response(None)
+    return json_response(None)
 
 
 def lora_items(app: web.Application) -> list[dict[str, Any]]:
@@ -176,7 +177,7 @@ def _listing(fn):
 
     @a1111_route
     async def route(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(fn, request.app))
+        return json_response(await asyncio.to_thread(fn, request.app))
 
     return route
 
@@ -189,7 +190,7 @@ embeddings = _listing(lambda app: engine(app).embeddings())
 
 @a1111_route
 async def hypernetworks(request: web.Request) -> web.Response:
-    return web.json_response([])  # this server has no hypernetworks (prompts naming one are refused)
+    return json_response([])  # this server has no hypernetworks (prompts naming one are refused)
 
 
 def _ram() -> dict[str, Any]:
@@ -207,7 +208,7 @@ def _ram() -> dict[str, Any]:
 async def memory(request: web.Request) -> web.Response:
     """A1111's /memory: this process's RAM use, and the accelerator's (or its error)."""
     ram = await asyncio.to_thread(_ram)
-    return web.json_response({"ram": ram, "cuda": await asyncio.to_thread(engine(request.app).memory)})
+    return json_response({"ram": ram, "cuda": await asyncio.to_thread(engine(request.app).memory)})
 
 
 __all__ = ["Checkpoint", "checkpoints", "find_checkpoint", "switch_model", "digest", "UnknownModel"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ...protocol import InvalidRequest, LatentBridgeError
 from ...store import atomic_write
 from .errors import a1111_route, read_json
@@ -120,7 +121,7 @@ async def selected_title(app: web.Application) -> tuple[str | None, str]:
 async def get_options(request: web.Request) -> web.Response:
     options = effective(request.app)
     options["sd_model_checkpoint"], options["sd_checkpoint_hash"] = await selected_title(request.app)
-    return web.json_response(options)
+    return json_response(options)
 
 
 @a1111_route
@@ -132,7 +133,7 @@ async def set_options(request: web.Request) -> web.Response:
     check_values(data)
     await select_checkpoint(app, data.get("sd_model_checkpoint"))
     await store(app, data)
-    return web.json_response(None)
+    return json_response(None)
 
 
 async def select_checkpoint(app: web.Application, value: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ... import images as image_utils
 from ...jobs import PreviewFrame
 from .errors import a1111_route
@@ -43,7 +44,7 @@ async def progress(request: web.Request) -> web.Response:
     if task is None and running is None and tasks:
         task = tasks[0]  # an A1111 call whose job is still queued
     if task is None and running is None:
-        return web.json_response({"progress": 0, "eta_relative": 0, "state": _state_dict(None, None),
+        return json_response({"progress": 0, "eta_relative": 0, "state": _state_dict(None, None),
                                   "current_image": None, "textinfo": None})
     if task is not None:
         step, total = task.step, task.total
@@ -60,7 +61,7 @@ async def progress(request: web.Request) -> web.Response:
     latest = manager.latest_preview()
     if latest is not None and not skip_image and effective(app).get("live_previews_enable", True):
         current_image = await asyncio.to_thread(_png_b64, latest[1])
-    return web.json_response({
+    return json_response({
         "progress": fraction,
         "eta_relative": max(elapsed / fraction - elapsed, 0.0),
         "state": _state_dict(task, (step, total)),
@@ -99,7 +100,7 @@ async def interrupt(request: web.Request) -> web.Response:
             task.interrupted = True
     if running is not None:
         await manager.cancel(running.id)
-    return web.json_response({})
+    return json_response({})
 
 
 @a1111_route
@@ -112,4 +113,4 @@ async def skip(request: web.Request) -> web.Response:
             if task.job_id == running.id:
                 task.skipped = True
         await manager.cancel(running.id)
-    return web.json_response(None)
+    return json_response(None)

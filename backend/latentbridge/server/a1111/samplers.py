@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..jsonio import json_response
 from ...infotext import AUTOMATIC, SAMPLERS, SCHEDULERS, A1111Sampler, find_sampler, split_sampler_name
 from ...protocol import Sampler, Schedule, Unsupported
 from ..app import ENGINE_KEY, capabilities
@@ -60,7 +61,7 @@ def _item(entry: A1111Sampler) -> dict:
 @a1111_route
 async def samplers(request: web.Request) -> web.Response:
     usable = set(capabilities(request.app).samplers)
-    return web.json_response([_item(s) for s in SAMPLERS if s.sampler in usable])
+    return json_response([_item(s) for s in SAMPLERS if s.sampler in usable])
 
 
 @a1111_route
@@ -68,7 +69,7 @@ async def schedulers(request: web.Request) -> web.Response:
     """The schedulers that work here: Automatic, and those some usable sampler takes."""
     engine = request.app[ENGINE_KEY]
     takes = {schedule for sampler in capabilities(request.app).samplers for schedule in engine.usable_schedules(sampler)}
-    return web.json_response([s.as_json() for s in SCHEDULERS
+    return json_response([s.as_json() for s in SCHEDULERS
                               if s is AUTOMATIC or (s.supported and s.schedule in takes)])
 
 
