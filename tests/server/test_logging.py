@@ -40,8 +40,10 @@ async def test_one_line_per_job_event(client, caplog):
 
 async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, caplog):
     caplog.set_level(logging.INFO, logger="latentbridge")
-    resp = await client.post("/api/v1/jobs", json={"request": tiny_request(strength=0.01, mode="img2img"),
-                                                   "init_image": _png_b64()})
+    # An unknown preprocessor is found only when the job runs: the job fails, naming the field.
+    resp = await client.post("/api/v1/jobs", json={"request": tiny_request(controls=[{"type": "canny",
+                                                                                     "preprocessor": "magic"}]),
+                                                   "images": {"control.0": _png_b64()}})
     failed = (await resp.json())["job_id"]
     assert (await _finish(client, failed))["state"] == "failed"
     for _ in range(100):  # the line follows the state change by a moment (the worker thread logs it)
@@ -50,7 +52,7 @@ async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, c
             break
         await asyncio.sleep(0.02)
     (message,) = found
-    assert "invalid_request" in message and "strength" in message
+    assert "invalid_request" in message and "magic" in message
 
     long = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]
     queued = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]
