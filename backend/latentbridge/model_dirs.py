@@ -64,3 +64,14 @@ def entries(settings: Settings) -> list[ModelEntry]:
             elif entry.is_file() and suffix in PICKLE_WEIGHTS and settings.allow_pickle:
                 found.append(ModelEntry(entry.name, "pickle", entry))
     return found
+
+
+def lora_entries(settings: Settings) -> list[str]:
+    """LoRA file names a remote client may use (`.safetensors` files directly inside `lora_dirs`,
+    the names `check_lora_names` admits), sorted, each once."""
+    names: set[str] = set()
+    for base in settings.lora_dirs:
+        base = Path(base)
+        if base.is_dir():
+            names.update(e.name for e in base.iterdir() if e.is_file() and e.suffix.lower() in SAFE_WEIGHTS)
+    return sorted(names)

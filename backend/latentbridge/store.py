@@ -174,6 +174,15 @@ class ResultStore:
         except OSError:
             return None
 
+    def input_png(self, job_id: str, role: str) -> bytes | None:
+        """A job's stored input image (`init` or `mask`), or None when it has none on disk."""
+        if role not in INPUT_ROLES or not valid_job_id(job_id):
+            return None
+        try:
+            return (self._folder(job_id) / f"input-{role}.png").read_bytes()
+        except OSError:
+            return None
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)

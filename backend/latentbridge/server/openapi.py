@@ -1,33 +1,104 @@
-"""The OpenAPI 3.1 document of the HTTP API, generated from the pydantic models in protocol.py."""
+"""The OpenAPI 3.1 document of the HTTP API, generated from the pydantic models in protocol.py.
+
+Its components also hold the websocket protocol's messages, events and binary header
+(`WEBSOCKET_MODELS`, plus the `ClientMessage` / `ServerEvent` unions), so one published document
+types every wire format: the TypeScript SDK's types are generated from it (sdk/typescript)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..protocol import (
     AcceptedEvent,
+    AttachMessage,
+    BinaryHeader,
     CancelledEvent,
+    CancelMessage,
+    Capabilities,
     DoneEvent,
     ErrorEvent,
     GenerationRequest,
+    HelloEvent,
+    HelloMessage,
+    JobState,
+    ModelEvent,
     ModelStatus,
+    PingMessage,
+    PongEvent,
     PreviewEvent,
     ProgressEvent,
     ResultEvent,
     StartedEvent,
     StatusEvent,
+    SubmitMessage,
 )
 from .rest import API, LoadModelBody, SubmitBody
 
 REF = "#/components/schemas/{model}"
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# The JSON bodies the REST routes answer with (rest.py and catalog.py build exactly these shapes;
+# tests/web/test_api_additions.py validates real responses against them).
+class HistoryResponse(_Response):
+    jobs: list[StatusEvent]
+
+
+class CancelResponse(_Response):
+    job_id: str
+    cancelled: bool
+    state: JobState | None
+
+
+class ModelEntry(_Response):
+    name: str
+    kind: str
+    path: str
+
+
+class ModelsResponse(_Response):
+    current: ModelStatus
+    configured: str
+    builtin: list[str]
+    models: list[ModelEntry]
+
+
+class HealthResponse(_Response):
+    status: Literal["ok", "starting", "error"]
+    server: str
+    protocol: int
+    model: ModelStatus
+    queue_length: int
+    running: str | None
+    accepting: bool
+
+
+class LoraEntry(_Response):
+    name: str
+
+
+class LorasResponse(_Response):
+    loras: list[LoraEntry]
+
+
+RESPONSE_MODELS: list[type[BaseModel]] = [HistoryResponse, CancelResponse, ModelsResponse, HealthResponse,
+                                          LorasResponse]
+WEBSOCKET_MODELS: list[type[BaseModel]] = [HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage,
+                                           HelloEvent, Capabilities, ModelEvent, PongEvent, BinaryHeader]
 MODELS: list[type[BaseModel]] = [GenerationRequest, SubmitBody, LoadModelBody, AcceptedEvent, StartedEvent,
                                  ProgressEvent, ResultEvent, DoneEvent, CancelledEvent, ErrorEvent, StatusEvent,
-                                 ModelStatus, PreviewEvent]
+                                 ModelStatus, PreviewEvent, *RESPONSE_MODELS, *WEBSOCKET_MODELS]
+CLIENT_MESSAGES = (HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage)
+SERVER_EVENTS = (HelloEvent, AcceptedEvent, StartedEvent, ProgressEvent, ResultEvent, DoneEvent, CancelledEvent,
+                 ErrorEvent, StatusEvent, PongEvent, PreviewEvent, ModelEvent)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -42,11 +113,30 @@ ERRORS = {
     "default": _json(_ref(ErrorEvent), "A typed error (see `code`; `field` names the offending field)"),
 }
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PNG = {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def _type_required(schemas: dict[str, Any]) -> None:
+    """Every frame carries its `type` (the server requires it and always sends it), though the
+    pydantic models give it a default: say so, so typed clients can narrow on it."""
+    for schema in schemas.values():
+        prop = schema.get("properties", {}).get("type")
+        if isinstance(prop, dict) and "const" in prop and "type" not in schema.get("required", []):
+            schema["required"] = ["type", *schema.get("required", [])]
+
+
+def _union(models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """A `type`-discriminated union of websocket frames, as OpenAPI writes it."""
+    refs = {m.model_fields["type"].default: REF.format(model=m.__name__) for m in models}
+    return {"oneOf": [{"$ref": r} for r in refs.values()], "discriminator": {"propertyName": "type", "mapping": refs}}
 
 
 def build_openapi() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
     schemas = defs.get("$defs", {})
+    _type_required(schemas)
+    schemas["ClientMessage"] = _union(CLIENT_MESSAGES)
+    schemas["ServerEvent"] = _union(SERVER_EVENTS)
     event_union = {"oneOf": [_ref(m) for m in (StatusEvent, StartedEvent, ProgressEvent, PreviewEvent,
                                                 ResultEvent, DoneEvent, CancelledEvent, ErrorEvent)]}
     multipart = {"type": "object", "required": ["request"], "properties": {
@@ -69,8 +159,8 @@ def build_openapi() -> dict[str, Any]:
                 "summary": "Job history, newest first",
                 "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                            "maximum": 1000, "default": 50}}],
-                "responses": {"200": _json({"type": "object", "properties": {
-                    "jobs": {"type": "array", "items": _ref(StatusEvent)}}}, "Jobs"), **ERRORS},
+                "responses": {"200": _json(_ref(HistoryResponse), "Jobs of every client: live ones first, then "
+                                                                   "finished ones, each newest first"), **ERRORS},
             },
         },
         f"{API}/jobs/{{job_id}}": {"get": {"summary": "Job status", "parameters": [JOB_ID],
@@ -81,20 +171,27 @@ def build_openapi() -> dict[str, Any]:
             "responses": {"200": {"description": "text/event-stream",
                                   "content": {"text/event-stream": {"schema": event_union}}}, **ERRORS}}},
         f"{API}/jobs/{{job_id}}/cancel": {"post": {"summary": "Cancel a queued or running job", "parameters": [JOB_ID],
-                                                   "responses": {"200": _json({"type": "object"}, "Cancelled"),
+                                                   "responses": {"200": _json(_ref(CancelResponse), "Cancelled"),
                                                                  **ERRORS}}},
         f"{API}/jobs/{{job_id}}/results/{{index}}": {"get": {
             "summary": "A result image (PNG with the request embedded)",
             "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, **ERRORS}}},
+            "responses": {"200": PNG, **ERRORS}}},
+        f"{API}/jobs/{{job_id}}/inputs/{{role}}": {"get": {
+            "summary": "A job's stored input image (init or mask), so the job can be run again",
+            "parameters": [JOB_ID, {"name": "role", "in": "path", "required": True,
+                                    "schema": {"type": "string", "enum": ["init", "mask"]}}],
+            "responses": {"200": PNG, **ERRORS}}},
         f"{API}/models": {"get": {"summary": "Loaded model and the models a client may pick",
-                                  "responses": {"200": _json({"type": "object"}, "Models"), **ERRORS}}},
+                                  "responses": {"200": _json(_ref(ModelsResponse), "Models"), **ERRORS}}},
+        f"{API}/loras": {"get": {"summary": "LoRA files a request may name (`loras[].name`)",
+                                 "responses": {"200": _json(_ref(LorasResponse), "LoRAs"), **ERRORS}}},
         f"{API}/models/load": {"post": {"summary": "Load a model (waits for the running job)",
                                         "requestBody": {"required": True, "content": {
                                             "application/json": {"schema": _ref(LoadModelBody)}}},
                                         "responses": {"200": _json(_ref(ModelStatus), "Loaded"), **ERRORS}}},
         f"{API}/health": {"get": {"summary": "Server and model state",
-                                  "responses": {"200": _json({"type": "object"}, "Health")}}},
+                                  "responses": {"200": _json(_ref(HealthResponse), "Health"), **ERRORS}}},
     }
     return {
         "openapi": "3.1.0",
