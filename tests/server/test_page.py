@@ -99,3 +99,18 @@ def test_same_origin_rule():
     assert not same_origin("http://127.0.0.1:7423", None)
     assert not same_origin("null", "127.0.0.1:7423")
     assert not same_origin("127.0.0.1:7423", "127.0.0.1:7423")  # no scheme: not an origin
+
+
+def test_every_page_file_ships_in_the_package():
+    """The wheel carries what pyproject's package-data names: a new kind of file must be named too."""
+    import tomllib
+    from pathlib import PurePosixPath
+
+    def shipped(name: str, pattern: str) -> bool:  # a glob per path part, as setuptools applies it
+        return len(PurePosixPath(name).parts) == len(PurePosixPath(pattern).parts) and PurePosixPath(name).match(pattern)
+
+    root = WEB_ROOT.parent
+    patterns = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["latentbridge"]
+    files = [p.relative_to(root).as_posix() for p in WEB_ROOT.rglob("*") if p.is_file()]
+    assert "web/index.html" in files and "web/sdk/index.js" in files
+    assert [f for f in files if not any(shipped(f, pattern) for pattern in patterns)] == []
