@@ -32,11 +32,18 @@ export class LatentBridge extends HttpApi {
     this.options = options;
   }
 
-  /** The shared websocket connection (opened and greeted on first use). */
+  /** The shared websocket connection: opened and greeted on first use, and again after it closed. */
   connect(): Promise<Connection> {
-    this.connecting ??= Connection.open(this.wsUrl, { ...this.options, token: this.token, clientName: this.clientName });
-    this.connecting.catch(() => (this.connecting = null)); // a failed connect is retried next time
-    return this.connecting;
+    const previous = this.connecting;
+    // Chained on the previous call, so concurrent callers share one connection.
+    const next = (async () => {
+      const current = await previous?.catch(() => null);
+      if (current?.alive) return current;
+      return Connection.open(this.wsUrl, { ...this.options, token: this.token, clientName: this.clientName });
+    })();
+    this.connecting = next;
+    next.catch(() => this.connecting === next && (this.connecting = null)); // a failed connect is retried next time
+    return next;
   }
 
   async submit(request: GenerationRequest, options: SubmitOptions & { clientRef?: string } = {}): Promise<Job> {

@@ -53,9 +53,13 @@ type Waiter = { accept: (event: ServerEvent) => boolean; resolve: (event: Server
 async function defaultWebSocket(): Promise<WebSocketConstructor> {
   const native = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
   if (native) return native;
-  const specifier = "ws"; // Node 20 has no global WebSocket: the optional `ws` dependency
-  const module = (await import(specifier)) as { WebSocket: WebSocketConstructor };
-  return module.WebSocket;
+  const specifier = "ws"; // Node 20 and 21 have no global WebSocket: the optional `ws` package
+  try {
+    return ((await import(specifier)) as { WebSocket: WebSocketConstructor }).WebSocket;
+  } catch {
+    throw new LatentBridgeError("this runtime has no WebSocket: `npm install ws` (Node 20/21), or pass "
+      + "`WebSocket` in the options", "unsupported");
+  }
 }
 
 /** Whether an error answers the pending call. Only a submit or an attach can be refused; the
@@ -81,6 +85,7 @@ export class Connection {
   private lane: Promise<unknown> = Promise.resolve();
   private uploadSeq = 0;
   private closedByUser = false;
+  private reconnecting = false;
   private readonly listeners: { [K in keyof ConnectionEvents]: Set<(value: ConnectionEvents[K]) => void> } = {
     model: new Set(), error: new Set(), disconnected: new Set(), reconnected: new Set(),
   };
@@ -108,6 +113,11 @@ export class Connection {
 
   get open(): boolean {
     return this.ws.readyState === 1;
+  }
+
+  /** Open, or dropped and reconnecting: worth keeping (a closed one is not). */
+  get alive(): boolean {
+    return !this.closedByUser && (this.open || this.reconnecting);
   }
 
   on<K extends keyof ConnectionEvents>(type: K, listener: (value: ConnectionEvents[K]) => void): () => void {
@@ -171,7 +181,12 @@ export class Connection {
     this.waiter = null;
     const reconnecting = !!this.options.reconnect && !this.closedByUser && code !== CLOSE_POLICY;
     this.emit("disconnected", { reconnecting, code });
-    if (reconnecting && (await this.reconnect())) return;
+    if (reconnecting) {
+      this.reconnecting = true;
+      const back = await this.reconnect();
+      this.reconnecting = false;
+      if (back) return;
+    }
     for (const job of this.jobs.values()) job.fail(new ConnectionLost(lost.message, job.jobId));
   }
 

@@ -196,8 +196,17 @@ describe("websocket", () => {
     const job = await lb.submit(tinyRequest({ steps: 40, width: 128, height: 128 }));
     sockets[0].terminate();
     await assert.rejects(job.wait(), (e) => e instanceof ConnectionLost);
-    const again = await client().attach(job.jobId);
+    const again = await lb.attach(job.jobId); // the client opens a new connection for it
     assert.equal((await again.wait()).length, 1);
+    assert.equal(sockets.length, 2);
+    await lb.close();
+  });
+
+  test("concurrent calls share one connection", async () => {
+    const lb = client();
+    const [a, b, c] = await Promise.all([lb.connect(), lb.connect(), lb.connect()]);
+    assert.ok(a === b && b === c);
+    await lb.close();
   });
 
   test("the client vectors drive the real server; the invalid ones get their errors", async () => {

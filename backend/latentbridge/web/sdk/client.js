@@ -15,11 +15,19 @@ export class LatentBridge extends HttpApi {
         this.wsUrl = splitUrl(url).wsUrl;
         this.options = options;
     }
-    /** The shared websocket connection (opened and greeted on first use). */
+    /** The shared websocket connection: opened and greeted on first use, and again after it closed. */
     connect() {
-        this.connecting ??= Connection.open(this.wsUrl, { ...this.options, token: this.token, clientName: this.clientName });
-        this.connecting.catch(() => (this.connecting = null)); // a failed connect is retried next time
-        return this.connecting;
+        const previous = this.connecting;
+        // Chained on the previous call, so concurrent callers share one connection.
+        const next = (async () => {
+            const current = await previous?.catch(() => null);
+            if (current?.alive)
+                return current;
+            return Connection.open(this.wsUrl, { ...this.options, token: this.token, clientName: this.clientName });
+        })();
+        this.connecting = next;
+        next.catch(() => this.connecting === next && (this.connecting = null)); // a failed connect is retried next time
+        return next;
     }
     async submit(request, options = {}) {
         return (await this.connect()).submit(request, options);

@@ -10,9 +10,14 @@ async function defaultWebSocket() {
     const native = globalThis.WebSocket;
     if (native)
         return native;
-    const specifier = "ws"; // Node 20 has no global WebSocket: the optional `ws` dependency
-    const module = (await import(specifier));
-    return module.WebSocket;
+    const specifier = "ws"; // Node 20 and 21 have no global WebSocket: the optional `ws` package
+    try {
+        return (await import(specifier)).WebSocket;
+    }
+    catch {
+        throw new LatentBridgeError("this runtime has no WebSocket: `npm install ws` (Node 20/21), or pass "
+            + "`WebSocket` in the options", "unsupported");
+    }
 }
 /** Whether an error answers the pending call. Only a submit or an attach can be refused; the
  * refusal has no job id; an `unknown_job` naming the field `job_id` answers an attach or a
@@ -36,6 +41,7 @@ export class Connection {
     lane = Promise.resolve();
     uploadSeq = 0;
     closedByUser = false;
+    reconnecting = false;
     listeners = {
         model: new Set(), error: new Set(), disconnected: new Set(), reconnected: new Set(),
     };
@@ -58,6 +64,10 @@ export class Connection {
     }
     get open() {
         return this.ws.readyState === 1;
+    }
+    /** Open, or dropped and reconnecting: worth keeping (a closed one is not). */
+    get alive() {
+        return !this.closedByUser && (this.open || this.reconnecting);
     }
     on(type, listener) {
         this.listeners[type].add(listener);
@@ -120,8 +130,13 @@ export class Connection {
         this.waiter = null;
         const reconnecting = !!this.options.reconnect && !this.closedByUser && code !== CLOSE_POLICY;
         this.emit("disconnected", { reconnecting, code });
-        if (reconnecting && (await this.reconnect()))
-            return;
+        if (reconnecting) {
+            this.reconnecting = true;
+            const back = await this.reconnect();
+            this.reconnecting = false;
+            if (back)
+                return;
+        }
         for (const job of this.jobs.values())
             job.fail(new ConnectionLost(lost.message, job.jobId));
     }
