@@ -1,9 +1,10 @@
-"""Fixtures for the browser tests: Chromium (one per module) and real servers on the tiny model."""
+"""Fixtures for the browser tests: Chromium (one per module) and real servers on the tiny model
+(one per session: starting one costs seconds)."""
 
 from __future__ import annotations
 
 import pytest
-from web_helpers import ServeProcess, browser, chromium_or_skip
+from web_helpers import TOKEN, ServeProcess, browser, chromium_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -12,18 +13,29 @@ def chromium():
         yield instance
 
 
-@pytest.fixture(scope="module")
-def make_server(tmp_path_factory):
-    servers: list[ServeProcess] = []
 
-    def make(**kwargs) -> ServeProcess:
-        server = ServeProcess(tmp_path_factory.mktemp("serve") / "data", **kwargs)
-        servers.append(server)
-        return server
 
-    yield make
-    for server in servers:
-        server.stop()
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One server for the page tests: a LoRA and a model in its folders, tighter limits than the
+    schema's (the form must follow the server's)."""
+    loras = tmp_path_factory.mktemp("loras")
+    (loras / "bronze-style.safetensors").write_bytes(b"")
+    models = tmp_path_factory.mktemp("models")
+    (models / "my-model").mkdir()
+    (models / "my-model" / "model_index.json").write_text("{}")
+    server = ServeProcess(tmp_path_factory.mktemp("serve") / "data",
+                          extra=["--lora-dirs", str(loras), "--model-dirs", str(models), "--max-width", "1024",
+                                 "--max-steps", "120"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory):
+    server = ServeProcess(tmp_path_factory.mktemp("serve") / "data", token=TOKEN)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import re
 import time
 
-import pytest
 from PIL import Image
 from playwright.sync_api import expect
 from web_helpers import tiny_request
@@ -18,17 +17,6 @@ from web_helpers import tiny_request
 from latentbridge import images
 
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def server(make_server, tmp_path_factory):
-    loras = tmp_path_factory.mktemp("loras")
-    (loras / "bronze-style.safetensors").write_bytes(b"")
-    models = tmp_path_factory.mktemp("models")
-    (models / "my-model").mkdir()
-    (models / "my-model" / "model_index.json").write_text("{}")
-    return make_server(extra=["--lora-dirs", str(loras), "--model-dirs", str(models), "--max-width", "1024",
-                              "--max-steps", "120"])
 
 
 def open_page(page, server):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+TOKEN = "correct-horse-battery-staple-0451"  # the token servers of the page tests use
 # No GPU, no network beyond the page, no first-run or sync chatter; --no-sandbox for containers.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

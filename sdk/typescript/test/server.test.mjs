@@ -23,6 +23,18 @@ function client(options = {}) {
   return new LatentBridge(open.url, { clientName: "sdk-tests", ...options });
 }
 
+/** A WebSocket class that keeps every socket it opens, so a test can drop one. */
+function trackedWebSockets() {
+  const sockets = [];
+  class TrackedWebSocket extends NodeWebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  return { sockets, TrackedWebSocket };
+}
+
 /** A job long enough to watch and cancel on the tiny model. */
 const longRequest = () => tinyRequest({ steps: 150, width: 256, height: 256 });
 
@@ -164,13 +176,7 @@ describe("websocket", () => {
   });
 
   test("reconnect: a dropped socket is reopened and the running job re-attached", async () => {
-    const sockets = [];
-    class TrackedWebSocket extends NodeWebSocket {
-      constructor(url) {
-        super(url);
-        sockets.push(this);
-      }
-    }
+    const { sockets, TrackedWebSocket } = trackedWebSockets();
     const lb = client({ WebSocket: TrackedWebSocket, reconnect: true, reconnectDelaysMs: [50] });
     const connection = await lb.connect();
     const reconnected = new Promise((resolve) => connection.on("reconnected", resolve));
@@ -185,13 +191,7 @@ describe("websocket", () => {
   });
 
   test("without reconnect, a dropped socket fails the job with ConnectionLost; attach picks it up", async () => {
-    const sockets = [];
-    class TrackedWebSocket extends NodeWebSocket {
-      constructor(url) {
-        super(url);
-        sockets.push(this);
-      }
-    }
+    const { sockets, TrackedWebSocket } = trackedWebSockets();
     const lb = client({ WebSocket: TrackedWebSocket });
     const job = await lb.submit(tinyRequest({ steps: 40, width: 128, height: 128 }));
     sockets[0].terminate();

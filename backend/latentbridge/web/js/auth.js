@@ -40,7 +40,7 @@ export function askForToken(check, message = "") {
         error.textContent = `Could not reach the server: ${e.message}`;
       }
     };
-    dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing works without it
+    dialog.oncancel = (event) => event.preventDefault(); // Escape does not close it: nothing works without a token
     dialog.showModal();
     input.focus();
   });

@@ -13,8 +13,9 @@ export class Board {
     this.statuses = new Map(); // job id → StatusEvent, in history order
     this.followed = new Map(); // job id → SDK Job
     this.previews = new Map(); // job id → latest preview ImageFrame
-    this.pngs = new Map(); // "job/index" → Uint8Array
-    this.urls = new Map(); // "job/index" → object URL
+    this.blobs = new Map(); // "job/index" → result PNG as a Blob (fetched once)
+    this.urls = new Map(); // "job/index" → object URL of that Blob
+    this.signature = "";
     this.listeners = new Set();
     this.live = new Set(); // listeners for progress/preview of one job: (jobId) => void
     this.timer = null;
@@ -51,7 +52,13 @@ export class Board {
         for (const status of jobs) {
           if (!FINISHED.has(status.state) && !this.followed.has(status.job_id)) this.attach(status.job_id);
         }
-        this.changed();
+        this.forgetGone();
+        // Re-render only when the list changed; progress and previews update their card directly.
+        const signature = jobs.map((s) => `${s.job_id}:${s.state}:${s.result_count}:${s.position}`).join(",");
+        if (signature !== this.signature) {
+          this.signature = signature;
+          this.changed();
+        }
       } finally {
         this.refreshing = null;
       }
@@ -82,9 +89,12 @@ export class Board {
     job.on((item) => {
       if (isImageFrame(item)) {
         if (item.kind === "preview") this.previews.set(job.jobId, item);
-        else this.pngs.set(`${job.jobId}/${item.header.index ?? 0}`, item.data);
+        else this.blobs.set(`${job.jobId}/${item.header.index ?? 0}`, new Blob([item.data], { type: "image/png" }));
       } else if (item.type === "done" || item.type === "cancelled" || item.type === "error") {
+        // Finished: the history has it now; the connection need not keep its events or images.
         this.previews.delete(job.jobId);
+        this.followed.delete(job.jobId);
+        this.connection.forget(job.jobId);
         this.refresh();
         return;
       }
@@ -108,20 +118,32 @@ export class Board {
     return [...this.statuses.values()].filter((s) => FINISHED.has(s.state));
   }
 
-  /** A result's PNG bytes (fetched once, with the token in the header). */
-  async png(jobId, index) {
+  /** A result PNG as a Blob (fetched once, with the token in the header). */
+  async blob(jobId, index) {
     const key = `${jobId}/${index}`;
-    if (!this.pngs.has(key)) this.pngs.set(key, await this.lb.result(jobId, index));
-    return this.pngs.get(key);
+    if (!this.blobs.has(key)) this.blobs.set(key, new Blob([await this.lb.result(jobId, index)], { type: "image/png" }));
+    return this.blobs.get(key);
+  }
+
+  /** A result's PNG bytes. */
+  async png(jobId, index) {
+    return new Uint8Array(await (await this.blob(jobId, index)).arrayBuffer());
   }
 
   /** An object URL for a result (what an <img> can show without sending the token). */
   async url(jobId, index) {
     const key = `${jobId}/${index}`;
-    if (!this.urls.has(key)) {
-      const png = await this.png(jobId, index);
-      this.urls.set(key, URL.createObjectURL(new Blob([png], { type: "image/png" })));
-    }
+    if (!this.urls.has(key)) this.urls.set(key, URL.createObjectURL(await this.blob(jobId, index)));
     return this.urls.get(key);
+  }
+
+  /** Drop the images of jobs no longer listed (pruned by the server's retention, or past the limit). */
+  forgetGone() {
+    for (const key of [...this.blobs.keys()]) {
+      if (this.statuses.has(key.split("/")[0])) continue;
+      this.blobs.delete(key);
+      if (this.urls.has(key)) URL.revokeObjectURL(this.urls.get(key));
+      this.urls.delete(key);
+    }
   }
 }
