@@ -57,6 +57,22 @@ async def test_loras_lists_safetensors_files_of_every_lora_folder(make_client, t
     assert await (await (await make_client()).get("/api/v1/loras")).json() == {"loras": []}
 
 
+async def test_capabilities_over_http_follow_the_loaded_model(client, ws_connect):
+    ws = await ws_connect()
+    hello = await ws.hello()
+    assert await (await client.get("/api/v1/capabilities")).json() == hello.capabilities.model_dump(mode="json")
+    # A transformer family samples with flow-matching Euler only and cannot tile (the session's
+    # shared engine gets its tiny model back below: same seeded weights).
+    loaded = await client.post("/api/v1/models/load", json={"model": "tiny-sd3"})
+    assert loaded.status == 200, await loaded.text()
+    try:
+        caps = await (await client.get("/api/v1/capabilities")).json()
+        assert caps["samplers"] == ["euler", "euler_a"] and caps["seamless"] == ["none"]
+    finally:
+        assert (await client.post("/api/v1/models/load", json={"model": "tiny"})).status == 200
+    assert (await (await client.get("/api/v1/capabilities")).json())["seamless"] == ["none", "x", "y", "xy"]
+
+
 async def test_a_jobs_inputs_come_back(client):
     init, mask = png_bytes((64, 64), (200, 30, 30)), png_bytes((64, 64), mode="L")
     resp = await client.post("/api/v1/jobs", json={
@@ -110,11 +126,12 @@ def test_openapi_types_every_websocket_frame():
         assert name in schemas
     # Frames always carry their `type`: typed clients narrow on it.
     assert all("type" in schemas[name]["required"] for name in ("ProgressEvent", "HelloMessage", "StatusEvent"))
-    for route in ("/api/v1/loras", "/api/v1/jobs/{job_id}/inputs/{role}"):
+    for route in ("/api/v1/capabilities", "/api/v1/loras", "/api/v1/jobs/{job_id}/inputs/{role}"):
         assert route in build_openapi()["paths"]
 
 
-@pytest.mark.parametrize("route", ["/api/v1/health", "/api/v1/models", "/api/v1/jobs", "/api/v1/loras"])
+@pytest.mark.parametrize("route", ["/api/v1/health", "/api/v1/models", "/api/v1/jobs", "/api/v1/loras",
+                                   "/api/v1/capabilities"])
 def test_json_routes_reference_a_response_model(route):
     response = build_openapi()["paths"][route]["get"]["responses"]["200"]
     assert response["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")

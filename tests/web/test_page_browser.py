@@ -74,6 +74,25 @@ def test_form_is_built_from_what_the_server_reports(page, server):
     assert page.console_errors == []
 
 
+def test_the_form_follows_a_model_switch(page, server):
+    open_page(page, server)
+    samplers = page.eval_on_selector_all("#sampler option", "els => els.map(e => e.value)")
+    page.select_option("#sampler", "euler")
+    try:
+        server.post("/api/v1/models/load", {"model": "tiny-sd3"})  # by another client
+        # A transformer family: flow-matching Euler only, no tiling; the chosen sampler stays.
+        page.wait_for_function("() => document.querySelectorAll('#sampler option').length === 2", timeout=TIMEOUT_MS)
+        assert page.input_value("#sampler") == "euler"
+        assert page.is_hidden("#seamless-field")
+        expect(page.locator("#model-status")).to_contain_text("tiny-sd3")
+        assert page.eval_on_selector_all("#model option", "els => els[0].textContent") == "tiny-sd3 (sd3)"
+    finally:
+        server.post("/api/v1/models/load", {"model": "tiny"})
+    page.wait_for_function(f"() => document.querySelectorAll('#sampler option').length === {len(samplers)}",
+                           timeout=TIMEOUT_MS)
+    assert page.is_visible("#seamless-field")
+
+
 def test_submit_watch_previews_then_open_the_result(page, server):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     open_page(page, server)

@@ -80,7 +80,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
     add_ws_route(app)
     add_rest_routes(app)
     add_openapi_route(app)
-    add_catalog_routes(app)  # LoRA list, a job's stored inputs
+    add_catalog_routes(app)  # capabilities, LoRA list, a job's stored inputs
     add_page_routes(app)  # the web page at /
     _add_optional_routes(app)
 

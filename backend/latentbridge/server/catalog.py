@@ -1,4 +1,5 @@
-"""Read-only routes a browsing client needs beside the core API (docs/http-api.md): the LoRA
+"""Read-only routes a browsing client needs beside the core API (docs/http-api.md): what the
+server can do now (the capabilities `hello` reports, which change with the loaded model), the LoRA
 files a request may name, and the stored inputs of a job (so "run again" can resend them)."""
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from aiohttp import web
 from .. import model_dirs
 from ..protocol import ErrorCode, InvalidRequest, LatentBridgeError
 from ..store import INPUT_ROLES
-from .app import JOBS_KEY, SETTINGS_KEY
+from .app import JOBS_KEY, SETTINGS_KEY, capabilities
 
 API = "/api/v1"
+
+
+async def capabilities_route(request: web.Request) -> web.Response:
+    return web.json_response(capabilities(request.app).model_dump(mode="json"))
 
 
 async def loras(request: web.Request) -> web.Response:
@@ -36,5 +41,6 @@ async def job_input(request: web.Request) -> web.Response:
 
 
 def add_catalog_routes(app: web.Application) -> None:
+    app.router.add_get(f"{API}/capabilities", capabilities_route)
     app.router.add_get(f"{API}/loras", loras)
     app.router.add_get(f"{API}/jobs/{{job_id}}/inputs/{{role}}", job_input)

@@ -184,6 +184,9 @@ def build_openapi() -> dict[str, Any]:
             "responses": {"200": PNG, **ERRORS}}},
         f"{API}/models": {"get": {"summary": "Loaded model and the models a client may pick",
                                   "responses": {"200": _json(_ref(ModelsResponse), "Models"), **ERRORS}}},
+        f"{API}/capabilities": {"get": {"summary": "What the server can do now (as in the websocket `hello`; "
+                                                   "samplers and seamless follow the loaded model)",
+                                        "responses": {"200": _json(_ref(Capabilities), "Capabilities"), **ERRORS}}},
         f"{API}/loras": {"get": {"summary": "LoRA files a request may name (`loras[].name`)",
                                  "responses": {"200": _json(_ref(LorasResponse), "LoRAs"), **ERRORS}}},
         f"{API}/models/load": {"post": {"summary": "Load a model (waits for the running job)",

@@ -3,7 +3,7 @@ import { errorFromBody, LatentBridgeError } from "./errors.js";
 import { sniffFormat, toBytes } from "./frames.js";
 import { readSse } from "./sse.js";
 import type {
-  AcceptedEvent, CancelResponse, GenerationRequest, HealthResponse, HistoryResponse, ImageInput, ImageRole,
+  AcceptedEvent, CancelResponse, Capabilities, GenerationRequest, HealthResponse, HistoryResponse, ImageInput, ImageRole,
   JobEvent, LorasResponse, ModelStatus, ModelsResponse, Priority, StatusEvent,
 } from "./types.js";
 
@@ -85,6 +85,11 @@ export class HttpApi {
   /** Load a model by name (waits for the running job); the new model status. */
   loadModel(model: string): Promise<ModelStatus> {
     return this.json("POST", `${API}/models/load`, { model });
+  }
+
+  /** What the server can do now (as in `hello`; samplers and seamless follow the loaded model). */
+  capabilities(): Promise<Capabilities> {
+    return this.json("GET", `${API}/capabilities`);
   }
 
   /** LoRA file names a request may use in `loras[].name`. */

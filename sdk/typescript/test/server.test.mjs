@@ -47,6 +47,9 @@ describe("REST", () => {
     const models = await lb.models();
     assert.equal(models.current.state, "ready");
     assert.deepEqual(await lb.loras(), []);
+    const connection = await lb.connect();
+    assert.deepEqual(await lb.capabilities(), connection.capabilities);
+    await lb.close();
     const doc = await lb.openapi();
     assert.ok(doc.components.schemas.ServerEvent, "the websocket types are published too");
   });

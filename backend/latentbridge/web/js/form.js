@@ -56,17 +56,6 @@ export class SubmitForm {
   // ------------------------------------------------------------------ building from the server
 
   build() {
-    const caps = this.capabilities;
-    const limits = caps.limits;
-    const modes = $("#modes");
-    clear(modes).append(...caps.modes.map((mode, i) => h("label.mode", {},
-      h("input", { type: "radio", name: "mode", value: mode, checked: i === 0 }), h("span", {}, mode))));
-    pickOptions($("#sampler"), caps.samplers, property(this.schemas, "GenerationRequest", "sampler").default);
-    pickOptions($("#seamless"), caps.seamless, "none", (v) => (v === "none" ? "off" : `wrap ${v}`));
-    $("#seamless-field").hidden = caps.seamless.length < 2;
-    pickOptions($("#preview-decoder"), caps.preview_decoders, property(this.schemas, "PreviewOptions", "decoder").default);
-    const priorities = property(this.schemas, "SubmitMessage", "priority");
-    pickOptions($("#priority"), priorities.enum ?? ["normal"], priorities.default ?? "normal");
     for (const [id, [model, field]] of Object.entries(NUMBERS)) {
       const input = $(`#${id}`);
       const prop = property(this.schemas, model, field);
@@ -76,18 +65,15 @@ export class SubmitForm {
       if (prop.default !== undefined && prop.default !== null) input.value = prop.default;
       if (prop.description) input.title = prop.description;
     }
-    // The server's configured limits are tighter than the schema's hard ceilings.
-    const cap = (id, value) => ($(`#${id}`).max = Math.min(Number($(`#${id}`).max || value), value));
-    cap("width", limits.max_width);
-    cap("height", limits.max_height);
-    cap("steps", limits.max_steps);
-    cap("batch_size", limits.max_batch);
     for (const id of ["prompt", "negative_prompt"]) {
       const prop = property(this.schemas, "GenerationRequest", id);
       if (prop.maxLength) $(`#${id}`).maxLength = prop.maxLength;
     }
+    const priorities = property(this.schemas, "SubmitMessage", "priority");
+    pickOptions($("#priority"), priorities.enum ?? ["normal"], priorities.default ?? "normal");
     $("#mask-invert-opt").checked = !!property(this.schemas, "MaskOptions", "invert").default;
     $("#mask-only-masked").checked = !!property(this.schemas, "MaskOptions", "only_masked").default;
+    this.applyCapabilities(this.capabilities);
     this.buildModels();
     this.buildLoras();
     $("#seed-random").addEventListener("click", () => ($("#seed").value = randomSeed()));
@@ -101,15 +87,46 @@ export class SubmitForm {
       const file = e.dataTransfer.files[0];
       if (file) this.setInit(file);
     });
+  }
+
+  /** Modes, samplers, seamless axes, preview decoders and limits: at start, and again when the
+   * loaded model changes (an SD3 or Flux model samples with Euler only and cannot tile). What the
+   * user chose stays chosen while the server still offers it. */
+  applyCapabilities(caps) {
+    this.capabilities = caps;
+    const offered = { sampler: caps.samplers, seamless: caps.seamless, "preview-decoder": caps.preview_decoders };
+    const keep = (id, fallback) => (offered[id].includes($(`#${id}`).value) ? $(`#${id}`).value : fallback);
+    const mode = caps.modes.includes(this.form.elements.mode?.value) ? this.form.elements.mode.value : caps.modes[0];
+    clear($("#modes")).append(...caps.modes.map((m) => h("label.mode", {},
+      h("input", { type: "radio", name: "mode", value: m, checked: m === mode }), h("span", {}, m))));
+    const samplerDefault = property(this.schemas, "GenerationRequest", "sampler").default;
+    pickOptions($("#sampler"), caps.samplers, keep("sampler", caps.samplers.includes(samplerDefault) ? samplerDefault : caps.samplers[0]));
+    pickOptions($("#seamless"), caps.seamless, keep("seamless", "none"), (v) => (v === "none" ? "off" : `wrap ${v}`));
+    $("#seamless-field").hidden = caps.seamless.length < 2;
+    pickOptions($("#preview-decoder"), caps.preview_decoders,
+      keep("preview-decoder", property(this.schemas, "PreviewOptions", "decoder").default));
+    // The server's configured limits are tighter than the schema's hard ceilings.
+    const limits = caps.limits;
+    for (const [id, limit] of [["width", limits.max_width], ["height", limits.max_height], ["steps", limits.max_steps],
+      ["batch_size", limits.max_batch]]) {
+      const [model, field] = NUMBERS[id];
+      $(`#${id}`).max = Math.min(property(this.schemas, model, field).maximum ?? limit, limit);
+    }
     this.showSections();
   }
 
+  setModels(models) {
+    this.models = models;
+    this.buildModels();
+  }
+
   buildModels() {
+    const chosen = $("#model").value;
     const { current, configured, builtin, models } = this.models;
     const names = [...new Set([configured, ...builtin, ...models.map((m) => m.name)].filter((n) => n && n !== current.name))];
     const select = $("#model");
     clear(select).append(h("option", { value: "" }, `${current.name ?? "loaded model"}${current.family ? ` (${current.family})` : ""}`),
-      ...names.map((name) => h("option", { value: name }, name)));
+      ...names.map((name) => h("option", { value: name, selected: name === chosen }, name)));
     $("#model-field").title = "Another model loads for the job (the loaded one is unloaded)";
   }
 

@@ -80,6 +80,16 @@ async function main() {
     return job;
   };
   const form = new SubmitForm({ capabilities: connection.capabilities, schemas: doc.components.schemas, models, loras, onSubmit: submit });
+  // Another model loaded (by anyone): its family decides the samplers and tiling the form offers.
+  let loaded = `${connection.model.name}/${connection.model.family}`;
+  const followModel = async (model) => {
+    if (model.state !== "ready" || `${model.name}/${model.family}` === loaded) return;
+    loaded = `${model.name}/${model.family}`;
+    const [caps, models] = await Promise.all([lb.capabilities(), lb.models()]);
+    form.applyCapabilities(caps);
+    form.setModels(models);
+  };
+  connection.on("model", (model) => followModel(model).catch((e) => toast(e.message, "error")));
   const viewer = new Viewer(board, {
     submit,
     edit: (request, images) => {

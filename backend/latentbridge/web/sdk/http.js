@@ -61,6 +61,10 @@ export class HttpApi {
     loadModel(model) {
         return this.json("POST", `${API}/models/load`, { model });
     }
+    /** What the server can do now (as in `hello`; samplers and seamless follow the loaded model). */
+    capabilities() {
+        return this.json("GET", `${API}/capabilities`);
+    }
     /** LoRA file names a request may use in `loras[].name`. */
     async loras() {
         return (await this.json("GET", `${API}/loras`)).loras.map((l) => l.name);
