@@ -72,7 +72,7 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while True:
             status = self.json(f"/api/v1/jobs/{job_id}")
-            if status["state"] in ("done", "failed", "cancelled"):
+            if status["state"] not in ("queued", "running"):
                 return status
             assert time.monotonic() < deadline, f"job {job_id} did not finish: {status}"
             time.sleep(0.1)

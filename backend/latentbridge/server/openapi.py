@@ -178,9 +178,9 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
             "responses": {"200": PNG, **ERRORS}}},
         f"{API}/jobs/{{job_id}}/inputs/{{role}}": {"get": {
-            "summary": "A job's stored input image (init or mask), so the job can be run again",
-            "parameters": [JOB_ID, {"name": "role", "in": "path", "required": True,
-                                    "schema": {"type": "string", "enum": ["init", "mask"]}}],
+            "summary": "A job's stored input image, so the job can be run again",
+            "parameters": [JOB_ID, {"name": "role", "in": "path", "required": True, "schema": {"type": "string"},
+                                    "description": "The role the image had in the job: `init`, `mask`, ..."}],
             "responses": {"200": PNG, **ERRORS}}},
         f"{API}/models": {"get": {"summary": "Loaded model and the models a client may pick",
                                   "responses": {"200": _json(_ref(ModelsResponse), "Models"), **ERRORS}}},

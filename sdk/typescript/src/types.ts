@@ -58,6 +58,7 @@ export type CancelResponse = S["CancelResponse"];
 export type LorasResponse = S["LorasResponse"];
 
 export type Priority = NonNullable<SubmitMessage["priority"]>;
+/** The role of an image in a job: "init", "mask", ... */
 export type ImageRole = paths["/api/v1/jobs/{job_id}/inputs/{role}"]["get"]["parameters"]["path"]["role"];
 /** Image bytes a client sends: PNG, JPEG or WebP. */
 export type ImageInput = Uint8Array | ArrayBuffer | Blob;

@@ -136,7 +136,7 @@ describe("websocket", () => {
     assert.equal(sniffFormat(png), "png");
     assert.equal(sniffFormat(await lb.input(job.jobId, "init")), "png");
     assert.equal(sniffFormat(await lb.input(job.jobId, "mask")), "png");
-    await assert.rejects(lb.input(job.jobId, "depth"), (e) => e.code === "invalid_request");
+    await assert.rejects(lb.input(job.jobId, "depth"), (e) => e.code === "unknown_job" && e.field === "role");
     await lb.close();
   });
 

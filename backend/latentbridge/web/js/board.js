@@ -3,7 +3,7 @@
 import { isImageFrame } from "../sdk/index.js";
 
 const POLL_MS = 2000;
-const FINISHED = new Set(["done", "cancelled", "failed"]);
+const LIVE = new Set(["queued", "running"]); // every other state is an end (done, failed, cancelled, ...)
 
 export class Board {
   constructor(lb, connection) {
@@ -50,7 +50,7 @@ export class Board {
         const jobs = await this.lb.history(this.limit);
         this.statuses = new Map(jobs.map((s) => [s.job_id, this.merge(s)]));
         for (const status of jobs) {
-          if (!FINISHED.has(status.state) && !this.followed.has(status.job_id)) this.attach(status.job_id);
+          if (LIVE.has(status.state) && !this.followed.has(status.job_id)) this.attach(status.job_id);
         }
         this.forgetGone();
         // Re-render only when the list changed; progress and previews update their card directly.
@@ -111,11 +111,11 @@ export class Board {
   }
 
   liveJobs() {
-    return [...this.statuses.values()].filter((s) => !FINISHED.has(s.state));
+    return [...this.statuses.values()].filter((s) => LIVE.has(s.state));
   }
 
   finishedJobs() {
-    return [...this.statuses.values()].filter((s) => FINISHED.has(s.state));
+    return [...this.statuses.values()].filter((s) => !LIVE.has(s.state));
   }
 
   /** A result PNG as a Blob (fetched once, with the token in the header). */

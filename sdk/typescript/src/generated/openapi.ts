@@ -292,14 +292,15 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A job's stored input image (init or mask), so the job can be run again */
+        /** A job's stored input image, so the job can be run again */
         get: {
             parameters: {
                 query?: never;
                 header?: never;
                 path: {
                     job_id: string;
-                    role: "init" | "mask";
+                    /** @description The role the image had in the job: `init`, `mask`, ... */
+                    role: string;
                 };
                 cookie?: never;
             };
@@ -1312,7 +1313,6 @@ type ReadonlyArray<T> = [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["priority"]> = ["interactive", "normal", "batch"];
-export const pathsApiV1JobsJob_idInputsRoleGetParametersPathRoleValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs/{job_id}/inputs/{role}"]["get"]["parameters"]["path"]["role"]> = ["init", "mask"];
 export const acceptedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AcceptedEvent"]["type"]> = ["accepted"];
 export const attachMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AttachMessage"]["type"]> = ["attach"];
 export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result"];

@@ -2,7 +2,6 @@
 // OpenAPI document (GET /api/v1/openapi.json, built from backend/latentbridge/protocol.py).
 // Do not edit: change protocol.py / server/openapi.py and run `npm run generate`.
 export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues = ["interactive", "normal", "batch"];
-export const pathsApiV1JobsJob_idInputsRoleGetParametersPathRoleValues = ["init", "mask"];
 export const acceptedEventTypeValues = ["accepted"];
 export const attachMessageTypeValues = ["attach"];
 export const binaryHeaderKindValues = ["upload", "preview", "result"];
