@@ -22,8 +22,7 @@ def server(tmp_path_factory):
     loras = tmp_path_factory.mktemp("loras")
     (loras / "bronze-style.safetensors").write_bytes(b"")
     models = tmp_path_factory.mktemp("models")
-    (models / "my-model").mkdir()
-    (models / "my-model" / "model_index.json").write_text("{}")
+    (models / "my-model.safetensors").write_bytes(b"")  # listed, never loaded
     server = ServeProcess(tmp_path_factory.mktemp("serve") / "data",
                           extra=["--lora-dirs", str(loras), "--model-dirs", str(models), "--max-width", "1024",
                                  "--max-steps", "120"])

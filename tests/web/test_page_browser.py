@@ -61,7 +61,7 @@ def test_form_is_built_from_what_the_server_reports(page, server):
     assert page.get_attribute("#steps", "max") == "120"
     assert page.get_attribute("#width", "step") == "8"  # the schema's multipleOf
     assert page.input_value("#steps") == "20"  # the schema's default
-    assert "my-model" in page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
+    assert "my-model.safetensors" in page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
     page.click("summary")
     page.click("#add-lora")
     assert page.eval_on_selector_all(".lora-name option", "els => els.map(e => e.value)") == ["bronze-style.safetensors"]
