@@ -143,6 +143,18 @@ def test_run_again_gives_the_same_image_and_vary_seed_a_new_one(page, server):
     page.locator(f"li.tile[data-job-id='{again['job_id']}'] .thumb-button").click()
     varied = submitted(server, lambda: page.click("#vary-seed"))
     assert varied["request"]["seed"] != 99 and varied["request"]["prompt"] == "run it again"
+    # Edit in form: the recipe fills the form; use as init image: img2img from this result.
+    page.fill("#prompt", "something else")
+    page.fill("#seed", "")
+    page.locator(f"li.tile[data-job-id='{first['job_id']}'] .thumb-button").click()
+    page.click("#edit-recipe")
+    assert page.input_value("#prompt") == "run it again" and page.input_value("#seed") == "99"
+    assert page.input_value("#steps") == "3"
+    page.locator(f"li.tile[data-job-id='{first['job_id']}'] .thumb-button").click()
+    page.click("#use-as-init")
+    assert page.is_checked("input[name=mode][value=img2img]")
+    page.wait_for_function("() => document.querySelector('#init-preview').src.startsWith('blob:')")
+    assert page.is_visible("#init-preview") and page.input_value("#width") == "64"
 
 
 def test_cancel_from_the_page(page, server):

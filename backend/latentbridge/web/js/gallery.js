@@ -1,6 +1,6 @@
 // History: finished jobs of every client, newest first; results as a gallery, failed and
 // cancelled jobs with their reason. A click opens the result with its recipe.
-import { $, clear, clip, h, when } from "./dom.js";
+import { $, clip, h, toast, when } from "./dom.js";
 import { describe } from "./recipe.js";
 
 export class GalleryView {
@@ -51,9 +51,13 @@ export class GalleryView {
     for (let index = 0; index < status.result_count; index++) {
       const img = h("img.thumb", { alt: `result ${index + 1} of "${clip(request.prompt || "", 60)}"`, dataset: { jobId: status.job_id, index } });
       this.observer.observe(img);
-      images.push(h("button.thumb-button", { type: "button", title: "Open", onclick: () => this.viewer.open(status, index) }, img));
+      images.push(h("button.thumb-button", { type: "button", title: "Open", onclick: () => this.open(status, index) }, img));
     }
     return h("li.tile.done", { dataset: { jobId: status.job_id } }, h("div.thumbs", {}, images), title, meta);
+  }
+
+  open(status, index) {
+    this.viewer.open(status, index).catch((error) => toast(`Could not open the result: ${error.message}`, "error"));
   }
 
   async reveal(entries) {

@@ -93,12 +93,12 @@ async function main() {
   const viewer = new Viewer(board, {
     submit,
     edit: (request, images) => {
-      form.load(request, images);
+      form.load(request, images).catch((error) => toast(error.message, "error"));
       $("#submit-form").scrollIntoView({ behavior: "smooth" });
     },
     useAsInit: (png) => {
       form.setMode("img2img");
-      form.setInit(new Blob([png], { type: "image/png" }));
+      form.setInit(new Blob([png], { type: "image/png" })).catch((error) => toast(error.message, "error"));
     },
     canUseInit: connection.capabilities.modes.includes("img2img"),
   });
