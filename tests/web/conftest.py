@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 from web_helpers import TOKEN, ServeProcess, browser, chromium_or_skip
+
+
+# A loaded CI machine can be slow: assertions wait up to 30 s (a passing one returns at once).
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")

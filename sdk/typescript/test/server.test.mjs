@@ -196,7 +196,7 @@ describe("websocket", () => {
   test("without reconnect, a dropped socket fails the job with ConnectionLost; attach picks it up", async () => {
     const { sockets, TrackedWebSocket } = trackedWebSockets();
     const lb = client({ WebSocket: TrackedWebSocket });
-    const job = await lb.submit(tinyRequest({ steps: 40, width: 128, height: 128 }));
+    const job = await lb.submit(tinyRequest({ steps: 100, width: 256, height: 256 })); // still running at the drop
     sockets[0].terminate();
     await assert.rejects(job.wait(), (e) => e instanceof ConnectionLost);
     const again = await lb.attach(job.jobId); // the client opens a new connection for it
