@@ -32,24 +32,38 @@ class ServeProcess:
     """`python -m latentbridge serve --model tiny` on a free port with its own data folder."""
 
     def __init__(self, data_dir: Path, *, token: str | None = None, extra: list[str] = ()):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.data_dir = data_dir
-        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        # A free port can be taken by another process before the server binds it: try another.
+        for attempt in range(3):
+            self._start(extra)
+            if self._wait_ready():
+                return
+            assert attempt < 2, "server did not start:\n" + self.output()
+
+    def _start(self, extra: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir.parent / f"serve-{self.port}.log"
         args = [sys.executable, "-m", "latentbridge", "serve", "--model", "tiny", "--port", str(self.port),
-                "--data-dir", str(data_dir), "--preview-interval-s", "0", *extra]
-        if token:
-            args += ["--token", token]
+                "--data-dir", str(self.data_dir), "--preview-interval-s", "0", *extra]
+        if self.token:
+            args += ["--token", self.token]
         path = os.pathsep.join(p for p in (str(ROOT / "backend"), os.environ.get("PYTHONPATH")) if p)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
-        deadline = time.monotonic() + 120
+
+    def _wait_ready(self) -> bool:
+        """True once the model is ready; False when the process ended first (e.g. its port was taken)."""
+        deadline = time.monotonic() + 180
         while not self._ready():
-            assert self.process.poll() is None, self.output()
+            if self.process.poll() is not None:
+                self._log.close()
+                return False
             assert time.monotonic() < deadline, "server not ready in time:\n" + self.output()
             time.sleep(0.1)
+        return self.process.poll() is None  # ours answered, not another server on a reused port
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -84,7 +98,8 @@ class ServeProcess:
             return False
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
