@@ -38,9 +38,19 @@ function freePort() {
 
 /**
  * Start `python -m latentbridge serve --model tiny` ($LATENTBRIDGE_PYTHON, else python3) on a free
- * port with a fresh data folder; resolves once the model is ready.
+ * port with a fresh data folder; resolves once the model is ready. A port taken by another process
+ * before the server binds it gets another try on a new port.
  */
 export async function startServer({ token = null, extraArgs = [] } = {}) {
+  for (let attempt = 1; ; attempt++) {
+    const server = await startOnce(token, extraArgs);
+    if (server.ready) return server;
+    await server.stop();
+    if (attempt === 3) throw new Error(`server did not start:\n${server.output()}`);
+  }
+}
+
+async function startOnce(token, extraArgs) {
   const python = process.env.LATENTBRIDGE_PYTHON || "python3";
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "latentbridge-ts-"));
@@ -55,21 +65,23 @@ export async function startServer({ token = null, extraArgs = [] } = {}) {
   child.stderr.on("data", (d) => (output += d));
   const url = `http://127.0.0.1:${port}`;
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`server exited (${child.exitCode}):\n${output}`);
+  const deadline = Date.now() + 180_000;
+  let ready = false;
+  while (!ready && child.exitCode === null) {
     if (Date.now() > deadline) throw new Error(`server not ready in time:\n${output}`);
     try {
       const health = await (await fetch(`${url}/api/v1/health`, { headers })).json();
-      if (health.model?.state === "ready") break;
+      ready = health.model?.state === "ready";
     } catch {
       // not listening yet
     }
-    await new Promise((r) => setTimeout(r, 100));
+    if (!ready) await new Promise((r) => setTimeout(r, 100));
   }
+  ready &&= child.exitCode === null; // ours answered, not another server on a reused port
   return {
     url,
     token,
+    ready,
     output: () => output,
     async stop() {
       if (child.exitCode === null) {
