@@ -151,3 +151,14 @@ def weight_files(folders: list[Path], allow_pickle: bool, *, recursive: bool = T
             paths = base.rglob("*") if recursive else base.iterdir()
             found += [p for p in sorted(paths) if p.is_file() and p.suffix.lower() in suffixes]
     return found
+
+
+def lora_entries(settings: Settings) -> list[str]:
+    """LoRA file names a remote client may use (`.safetensors` files directly inside `lora_dirs`,
+    the names `check_lora_names` admits), sorted, each once."""
+    names: set[str] = set()
+    for base in settings.lora_dirs:
+        base = Path(base)
+        if base.is_dir():
+            names.update(e.name for e in base.iterdir() if e.is_file() and e.suffix.lower() in SAFE_WEIGHTS)
+    return sorted(names)

@@ -78,13 +78,17 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
     app[JOBS_KEY] = JobManager(engine, ResultStore(settings.data_dir, settings.retention_jobs), settings)
     app[WEBSOCKETS_KEY] = weakref.WeakSet()
 
+    from .catalog import add_catalog_routes
     from .openapi import add_openapi_route
     from .rest import add_rest_routes
+    from .page import add_page_routes
     from .ws import add_ws_route
 
     add_ws_route(app)
     add_rest_routes(app)
     add_openapi_route(app)
+    add_catalog_routes(app)  # capabilities, LoRA list, a job's stored inputs
+    add_page_routes(app)  # the web page at /
     _add_optional_routes(app)
 
     app.on_startup.append(_start_jobs)

@@ -20,26 +20,52 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from ..protocol import (
     AcceptedEvent,
+    AttachMessage,
+    BinaryHeader,
     CancelledEvent,
+    CancelMessage,
+    Capabilities,
     DoneEvent,
     ErrorEvent,
     GenerationRequest,
+    HelloEvent,
+    HelloMessage,
+    ModelEvent,
     ModelStatus,
+    PingMessage,
+    PongEvent,
     PreviewEvent,
     ProgressEvent,
     ResultEvent,
     StartedEvent,
     StatusEvent,
+    SubmitMessage,
+    image_role_pattern,
 )
 from ..settings import Settings
 from .app import ENGINE_KEY, SETTINGS_KEY
 from .jsonio import json_response
+from .responses import (  # noqa: F401 - re-exported: the published response models
+    RESPONSE_MODELS,
+    CancelResponse,
+    HealthResponse,
+    HistoryResponse,
+    LorasResponse,
+    ModelsResponse,
+)
 from .rest import API, LoadModelBody, SubmitBody
 
 REF = "#/components/schemas/{model}"
+# The websocket's frames are in the components too: one document types every wire format (the
+# TypeScript SDK's types are generated from it, sdk/typescript).
+WEBSOCKET_MODELS: list[type[BaseModel]] = [HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage,
+                                           HelloEvent, Capabilities, ModelEvent, PongEvent, BinaryHeader]
 MODELS: list[type[BaseModel]] = [GenerationRequest, SubmitBody, LoadModelBody, AcceptedEvent, StartedEvent,
                                  ProgressEvent, ResultEvent, DoneEvent, CancelledEvent, ErrorEvent, StatusEvent,
-                                 ModelStatus, PreviewEvent]
+                                 ModelStatus, PreviewEvent, *RESPONSE_MODELS, *WEBSOCKET_MODELS]
+CLIENT_MESSAGES = (HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage)
+SERVER_EVENTS = (HelloEvent, AcceptedEvent, StartedEvent, ProgressEvent, ResultEvent, DoneEvent, CancelledEvent,
+                 ErrorEvent, StatusEvent, PongEvent, PreviewEvent, ModelEvent)
 JOB_EVENTS = (StatusEvent, StartedEvent, ProgressEvent, PreviewEvent, ResultEvent, DoneEvent, CancelledEvent,
               ErrorEvent)
 IMAGE_MODES = ["img2img", "inpaint", "outpaint"]
@@ -102,6 +128,24 @@ SSE_EVENT = {
 }
 
 
+def _type_required(schemas: dict[str, Any]) -> None:
+    """Every frame carries its `type` (the server requires it and always sends it), though the
+    pydantic models give it a default: say so, so typed clients can narrow on it."""
+    for schema in schemas.values():
+        prop = schema.get("properties", {}).get("type")
+        if isinstance(prop, dict) and "const" in prop and "type" not in schema.get("required", []):
+            schema["required"] = ["type", *schema.get("required", [])]
+
+
+def _union(models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """A `type`-discriminated union of websocket frames, as OpenAPI writes it."""
+    refs = {m.model_fields["type"].default: REF.format(model=m.__name__) for m in models}
+    return {"oneOf": [{"$ref": r} for r in refs.values()], "discriminator": {"propertyName": "type", "mapping": refs}}
+
+
+PNG = {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+
+
 def _images_follow_mode(init: dict[str, Any], mask: dict[str, Any]) -> list[dict[str, Any]]:
     """The submit rule (jobs.check_limits): img2img/inpaint/outpaint need an init image, inpaint a mask."""
 
@@ -146,9 +190,13 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
     schemas = copy.deepcopy(defs.get("$defs", {}))
     _this_servers_limits(schemas, settings, samplers, seamless)
+    _type_required(schemas)
+    schemas["ClientMessage"] = _union(CLIENT_MESSAGES)
+    schemas["ServerEvent"] = _union(SERVER_EVENTS)
     submit = schemas["SubmitBody"]
     for field in ("init_image", "mask"):
         submit["properties"][field] = {"anyOf": [BASE64_IMAGE, {"type": "null"}], "default": None}
+    submit["properties"]["images"]["additionalProperties"] = BASE64_IMAGE
     submit["allOf"] = _images_follow_mode(BASE64_IMAGE, BASE64_IMAGE)
     schemas["JobEvent"] = {"oneOf": [_ref(m) for m in JOB_EVENTS], "discriminator": {"propertyName": "type"},
                            "description": "One event of a job, as JSON (the `data:` of a server-sent event)"}
@@ -157,6 +205,8 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
         "properties": {"request": _ref(GenerationRequest),
                        "priority": {"type": "string", "enum": ["interactive", "normal", "batch"]},
                        "init_image": BINARY_IMAGE, "mask": BINARY_IMAGE},
+        # Parts named by image role: control.0 for control unit 0, reference.0, ...
+        "patternProperties": {image_role_pattern(): BINARY_IMAGE},
         "allOf": _images_follow_mode(BINARY_IMAGE, BINARY_IMAGE),
     }
     multipart_encoding = {"request": {"contentType": "application/json"},
@@ -181,8 +231,7 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
                 "summary": "Job history, newest first",
                 "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                            "maximum": 1000, "default": 50}}],
-                "responses": {"200": _json({"type": "object", "required": ["jobs"], "properties": {
-                    "jobs": {"type": "array", "items": _ref(StatusEvent)}}}, "Jobs"),
+                "responses": {"200": _json(_ref(HistoryResponse), "Jobs of every client, newest first"),
                     "422": _error("`invalid_request`: `limit` is not an integer in 1..1000"), **COMMON_ERRORS},
             },
         },
@@ -203,20 +252,32 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
                           "404": _error("`unknown_job`"), **COMMON_ERRORS}}},
         f"{API}/jobs/{{job_id}}/cancel": {"post": {
             "operationId": "cancelJob", "summary": "Cancel a queued or running job", "parameters": [JOB_ID],
-            "responses": {"200": _json({"type": "object", "required": ["job_id", "cancelled", "state"], "properties": {
-                "job_id": {"type": "string"}, "cancelled": {"type": "boolean"},
-                "state": {"anyOf": [_ref("JobState"), {"type": "null"}]}}}, "Cancelled (or already finished)"),
+            "responses": {"200": _json(_ref(CancelResponse), "Cancelled (or already finished)"),
                 "404": _error("`unknown_job`"), **COMMON_ERRORS}}},
         f"{API}/jobs/{{job_id}}/results/{{index}}": {"get": {
             "operationId": "getJobResult",
             "summary": "A result image (PNG with the request embedded)",
             "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
+            "responses": {"200": PNG,
                           "404": _error("`unknown_job`: no such job, or no result with that index (yet)"),
+                          **COMMON_ERRORS}}},
+        f"{API}/jobs/{{job_id}}/inputs/{{role}}": {"get": {
+            "operationId": "getJobInput",
+            "summary": "A job's stored input image (init, mask, control.<i>, reference.<i>), to run it again",
+            "parameters": [JOB_ID, {"name": "role", "in": "path", "required": True, "schema": {"type": "string"},
+                                    "description": "The role the image had in the job: `init`, `mask`, `control.0`, ..."}],
+            "responses": {"200": PNG, "404": _error("`unknown_job`: no such job, or no input with that role"),
                           **COMMON_ERRORS}}},
         f"{API}/models": {"get": {"operationId": "listModels",
                                   "summary": "Loaded model and the models a client may pick",
-                                  "responses": {"200": _json({"type": "object"}, "Models"), **COMMON_ERRORS}}},
+                                  "responses": {"200": _json(_ref(ModelsResponse), "Models"), **COMMON_ERRORS}}},
+        f"{API}/capabilities": {"get": {"operationId": "capabilities",
+                                        "summary": "What the server can do now (as in the websocket `hello`; "
+                                                   "samplers and seamless follow the loaded model)",
+                                        "responses": {"200": _json(_ref(Capabilities), "Capabilities"),
+                                                      **COMMON_ERRORS}}},
+        f"{API}/loras": {"get": {"operationId": "listLoras", "summary": "LoRA files a request may name (`loras[].name`)",
+                                 "responses": {"200": _json(_ref(LorasResponse), "LoRAs"), **COMMON_ERRORS}}},
         f"{API}/models/load": {"post": {
             "operationId": "loadModel", "summary": "Load a model (waits for the running job)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(LoadModelBody)}}},
@@ -225,7 +286,7 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
                                         "inside --model-dirs"),
                           "503": _error("`model_load_failed`"), **COMMON_ERRORS}}},
         f"{API}/health": {"get": {"operationId": "health", "summary": "Server and model state",
-                                  "responses": {"200": _json({"type": "object"}, "Health"), **COMMON_ERRORS}}},
+                                  "responses": {"200": _json(_ref(HealthResponse), "Health"), **COMMON_ERRORS}}},
         f"{API}/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
                                                       **COMMON_ERRORS}}},

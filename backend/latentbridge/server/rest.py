@@ -208,18 +208,6 @@ async def result(request: web.Request) -> web.Response:
                                  "Cache-Control": "private, max-age=31536000, immutable"})
 
 
-async def job_input(request: web.Request) -> web.Response:
-    """A stored input of a job (init, mask, control.<i>, reference.<i>) as PNG."""
-    job_id, _status = _job_or_404(request)
-    role = request.match_info["role"]
-    png = await asyncio.to_thread(request.app[JOBS_KEY].store.input_png, job_id, role)
-    if png is None:
-        raise LatentBridgeError(f"job {job_id} has no input {role!r}", field="role", code=ErrorCode.unknown_job)
-    return web.Response(body=png, content_type="image/png",
-                        headers={"Content-Disposition": f'inline; filename="{job_id}-{role}.png"',
-                                 "Cache-Control": "private, max-age=31536000, immutable"})
-
-
 def _sse(event: BaseModel) -> bytes:
     data = event.model_dump_json()
     return f"event: {event.type}\ndata: {data}\n\n".encode()  # type: ignore[attr-defined]
@@ -312,7 +300,6 @@ def add_rest_routes(app: web.Application) -> None:
     r.add_get(f"{API}/jobs/{{job_id}}/events", events)
     r.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel)
     r.add_get(f"{API}/jobs/{{job_id}}/results/{{index}}", result)
-    r.add_get(f"{API}/jobs/{{job_id}}/inputs/{{role}}", job_input)
     r.add_get(f"{API}/models", models)
     r.add_post(f"{API}/models/load", load_model)
     r.add_get(f"{API}/health", health)

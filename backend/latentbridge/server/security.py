@@ -9,11 +9,13 @@ on every route (websocket and A1111 routes included):
 - Cross-origin requests: browsers send `Origin` on every cross-origin POST and websocket
   handshake. Any Origin not in `--allowed-origins` is refused, `Origin: null` (sandboxed
   iframes, file: pages) included. `Sec-Fetch-Site: cross-site` without an allowed Origin too.
+  The server's own origin (the web page at `/`: Origin names exactly the accepted `Host`) passes.
 - Plain HTML forms: they can POST without any script, with a CORS-"simple" content type. State
   changing requests with such a content type are refused unless they carry a header no form can
   set (`Authorization` or `X-LatentBridge-Client`).
 
-The bearer token is compared in constant time and never logged.
+The bearer token is compared in constant time and never logged. The web page's own files
+(`PUBLIC_PATHS`: static, no data) load without it, so the page can ask for the token.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ CLIENT_HEADER = "X-LatentBridge-Client"
 SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+# The web page's static files (server/page.py): they hold no data and need no token, so a token
+# server can show the page that asks for one. Host and Origin checks still apply to them.
+PUBLIC_PATHS = ("/",)
+PUBLIC_PREFIXES = ("/web/",)
 
 
 class StartupRefused(Exception):
@@ -93,6 +99,17 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
     return origin != "null" and origin in {_normalise_origin(o) for o in settings.allowed_origins}
 
 
+def same_origin(origin: str, host_header: str | None) -> bool:
+    """Whether `Origin` is this server's own origin: a page the server itself served. The Host
+    header was already accepted (no rebinding), so an Origin naming exactly it is ours."""
+    scheme, sep, authority = _normalise_origin(origin).partition("://")
+    return bool(sep and host_header) and scheme in ("http", "https") and authority == host_header.strip().lower()
+
+
+def is_public_path(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 def token_ok(presented: str | None, settings: Settings) -> bool:
     if not settings.token:
         return True
@@ -146,7 +163,8 @@ def security_middleware(settings: Settings, throttle: AuthThrottle) -> Callable:
             return _forbidden("Host header not allowed (DNS rebinding protection); "
                               "add the name with --allowed-hosts if it is yours")
         origin = request.headers.get("Origin")
-        if origin is not None and not origin_allowed(origin, settings):
+        if origin is not None and not (same_origin(origin, request.headers.get("Host"))
+                                       or origin_allowed(origin, settings)):
             return _forbidden(f"cross-origin request from {origin[:100]!r} refused; "
                               "trust an origin with --allowed-origins")
         if origin is None and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
@@ -158,7 +176,7 @@ def security_middleware(settings: Settings, throttle: AuthThrottle) -> Callable:
                 return _forbidden(f"content type {ctype} needs an {CLIENT_HEADER} or Authorization header "
                                   "(plain HTML forms may not post here)")
         presented = bearer(request)
-        if settings.token:
+        if settings.token and not is_public_path(request.path):
             # The websocket may instead send its token in `hello` (checked by the ws handler).
             ws_without_header = request.path == WS_PATH and presented is None
             if not ws_without_header:
