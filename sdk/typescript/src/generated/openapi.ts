@@ -11,85 +11,13 @@ export interface paths {
             cookie?: never;
         };
         /** Job history, newest first */
-        get: {
-            parameters: {
-                query?: {
-                    limit?: number;
-                };
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Jobs of every client: live ones first, then finished ones, each newest first */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["HistoryResponse"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["listJobs"];
         put?: never;
         /**
          * Submit a job
          * @description JSON with base64 images, or multipart/form-data (send an `X-LatentBridge-Client` or `Authorization` header with multipart: plain HTML forms may not post).
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SubmitBody"];
-                    "multipart/form-data": {
-                        /** @description GenerationRequest as JSON */
-                        request: string;
-                        /** @enum {string} */
-                        priority?: "interactive" | "normal" | "batch";
-                        /** Format: binary */
-                        init_image?: string;
-                        /** Format: binary */
-                        mask?: string;
-                    };
-                };
-            };
-            responses: {
-                /** @description Queued */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["AcceptedEvent"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        post: operations["submitJob"];
         delete?: never;
         options?: never;
         head?: never;
@@ -104,37 +32,7 @@ export interface paths {
             cookie?: never;
         };
         /** Job status */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    job_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Status */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["StatusEvent"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["getJob"];
         put?: never;
         post?: never;
         delete?: never;
@@ -150,38 +48,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Event stream (server-sent events); each `data:` line is one of these JSON events */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    job_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description text/event-stream */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "text/event-stream": components["schemas"]["StatusEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        /**
+         * Event stream (server-sent events)
+         * @description `text/event-stream`: each event's `event:` line is the event type and its `data:` line one `JobEvent` as JSON (the same JSON as on the websocket; previews as `preview` events with base64 data). `: keep-alive` comments come every 15 s. The stream ends after `done`, `cancelled` or `error`.
+         */
+        get: operations["getJobEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -200,37 +71,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Cancel a queued or running job */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    job_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Cancelled */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["CancelResponse"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        post: operations["cancelJob"];
         delete?: never;
         options?: never;
         head?: never;
@@ -245,38 +86,7 @@ export interface paths {
             cookie?: never;
         };
         /** A result image (PNG with the request embedded) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    job_id: string;
-                    index: number;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description PNG */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "image/png": string;
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["getJobResult"];
         put?: never;
         post?: never;
         delete?: never;
@@ -292,40 +102,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A job's stored input image, so the job can be run again */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    job_id: string;
-                    /** @description The role the image had in the job: `init`, `mask`, ... */
-                    role: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description PNG */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "image/png": string;
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        /** A job's stored input image (init, mask, control.<i>, reference.<i>), to run it again */
+        get: operations["getJobInput"];
         put?: never;
         post?: never;
         delete?: never;
@@ -342,35 +120,7 @@ export interface paths {
             cookie?: never;
         };
         /** Loaded model and the models a client may pick */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Models */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelsResponse"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["listModels"];
         put?: never;
         post?: never;
         delete?: never;
@@ -387,35 +137,7 @@ export interface paths {
             cookie?: never;
         };
         /** What the server can do now (as in the websocket `hello`; samplers and seamless follow the loaded model) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Capabilities */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Capabilities"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["capabilities"];
         put?: never;
         post?: never;
         delete?: never;
@@ -432,35 +154,7 @@ export interface paths {
             cookie?: never;
         };
         /** LoRA files a request may name (`loras[].name`) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description LoRAs */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["LorasResponse"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        get: operations["listLoras"];
         put?: never;
         post?: never;
         delete?: never;
@@ -479,39 +173,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Load a model (waits for the running job) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["LoadModelBody"];
-                };
-            };
-            responses: {
-                /** @description Loaded */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelStatus"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
-        };
+        post: operations["loadModel"];
         delete?: never;
         options?: never;
         head?: never;
@@ -526,35 +188,24 @@ export interface paths {
             cookie?: never;
         };
         /** Server and model state */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Health */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["HealthResponse"];
-                    };
-                };
-                /** @description A typed error (see `code`; `field` names the offending field) */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorEvent"];
-                    };
-                };
-            };
+        get: operations["health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/openapi.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
         };
+        /** This document */
+        get: operations["openapi"];
         put?: never;
         post?: never;
         delete?: never;
@@ -694,6 +345,98 @@ export interface components {
             /** Preview Decoders */
             preview_decoders: string[];
             limits: components["schemas"]["Limits"];
+            /**
+             * Control Types
+             * @description ControlNet types the loaded model can take (empty: no ControlNet for this family)
+             */
+            control_types?: components["schemas"]["ControlType"][];
+            /**
+             * Control Modes
+             * @description Modes that can run with ControlNet units
+             */
+            control_modes?: components["schemas"]["Mode"][];
+            /**
+             * Controlnets
+             * @description ControlNets a request may name (GET /api/v1/models lists the folders' ones with details)
+             */
+            controlnets?: string[];
+            /** Preprocessors */
+            preprocessors?: string[];
+            /**
+             * Reference
+             * @description Reference images (IP-Adapter) available
+             * @default false
+             */
+            reference?: boolean;
+        };
+        /** ControlNetEntry */
+        ControlNetEntry: {
+            /** Name */
+            name: string;
+            /** Kind */
+            kind: string;
+            /**
+             * Type
+             * @default null
+             */
+            type?: string | null;
+        };
+        /**
+         * ControlType
+         * @description What a control image shows; ControlNet Union models take it as their control mode.
+         * @enum {string}
+         */
+        ControlType: "depth" | "normal" | "canny" | "lineart" | "softedge" | "scribble" | "segmentation" | "openpose" | "tile";
+        /**
+         * ControlUnit
+         * @description One ControlNet unit. Its image is the upload with role `control.<index in controls>`.
+         */
+        ControlUnit: {
+            type: components["schemas"]["ControlType"];
+            /**
+             * Model
+             * @description ControlNet to use: a built-in, a name inside the ControlNet folders, or (local callers) a hub id / folder / .safetensors; the server's default for this type and the loaded family when absent
+             * @default null
+             */
+            model?: string | null;
+            /**
+             * Weight
+             * @description Conditioning scale; 0 gives exactly the image without this unit
+             * @default 1
+             */
+            weight?: number;
+            /**
+             * Start
+             * @description Fraction of the steps at which the control starts
+             * @default 0
+             */
+            start?: number;
+            /**
+             * End
+             * @description Fraction of the steps at which it ends
+             * @default 1
+             */
+            end?: number;
+            /**
+             * Mode
+             * @description What wins when prompt and control disagree (A1111's control mode): balanced; prompt (control fades in the deeper layers); control (also applied to the unconditional pass, so CFG strengthens it)
+             * @default balanced
+             * @enum {string}
+             */
+            mode?: "balanced" | "prompt" | "control";
+            /**
+             * Preprocessor
+             * @description Turn a picture into this unit's map first (canny, depth, normal, ...; see capabilities); `none`: the image already is the map
+             * @default none
+             */
+            preprocessor?: string;
+            /**
+             * Preprocessor Options
+             * @description e.g. canny `low`/`high` thresholds
+             */
+            preprocessor_options?: {
+                [key: string]: number;
+            };
         };
         /** DoneEvent */
         DoneEvent: {
@@ -713,7 +456,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "bad_message" | "invalid_request" | "bad_image" | "missing_image" | "too_large" | "unknown_model" | "model_not_ready" | "model_load_failed" | "unsupported" | "unknown_job" | "queue_full" | "cancelled" | "out_of_memory" | "timeout" | "unauthorized" | "forbidden" | "internal";
+        ErrorCode: "bad_message" | "invalid_request" | "bad_image" | "missing_image" | "too_large" | "unknown_model" | "model_not_ready" | "model_load_failed" | "unsupported" | "unknown_job" | "queue_full" | "cancelled" | "out_of_memory" | "timeout" | "interrupted" | "unauthorized" | "forbidden" | "internal";
         /** ErrorEvent */
         ErrorEvent: {
             /**
@@ -776,16 +519,29 @@ export interface components {
             strength?: number;
             /**
              * Width
+             * @description Width x height x batch_size may be at most 4194304 pixels on this server (413 otherwise)
              * @default 512
              */
             width?: number;
             /**
              * Height
+             * @description Width x height x batch_size may be at most 4194304 pixels on this server (413 otherwise)
              * @default 512
              */
             height?: number;
             /** @default euler_a */
             sampler?: components["schemas"]["Sampler"];
+            /**
+             * @description Noise schedule; the model's own by default
+             * @default default
+             */
+            schedule?: components["schemas"]["Schedule"];
+            /**
+             * Clip Skip
+             * @description Use the text encoder's output this many layers from the end (A1111's Clip skip; 1 = the last layer)
+             * @default 1
+             */
+            clip_skip?: number;
             /**
              * Batch Size
              * @default 1
@@ -803,8 +559,29 @@ export interface components {
             model?: string | null;
             /** Loras */
             loras?: components["schemas"]["LoraSpec"][];
+            /**
+             * Controls
+             * @description ControlNet units; unit i's image is the upload `control.i`
+             */
+            controls?: components["schemas"]["ControlUnit"][];
+            /**
+             * @description Reference images (IP-Adapter)
+             * @default null
+             */
+            reference?: components["schemas"]["ReferenceImages"] | null;
             preview?: components["schemas"]["PreviewOptions"];
-        };
+            /**
+             * @description txt2img only: a second, upscaled pass (hires fix)
+             * @default null
+             */
+            hires?: components["schemas"]["HiresOptions"] | null;
+            /**
+             * Vae
+             * @description VAE to encode/decode with (a file or folder in --vae-dirs); the model's own when absent
+             * @default null
+             */
+            vae?: string | null;
+        } & unknown;
         /** HealthResponse */
         HealthResponse: {
             /**
@@ -865,6 +642,69 @@ export interface components {
              */
             token?: string | null;
         };
+        /**
+         * HiresOptions
+         * @description A second pass ("hires fix"): the image is generated at `width` x `height`, upscaled, then
+         *     repainted at the large size with img2img, so it keeps the composition of the base size. The
+         *     result is `width * scale` x `height * scale`, or `hires.width` x `hires.height` when given (both
+         *     given: upscaled to cover that size, then centre-cropped); sizes round down to multiples of 8.
+         */
+        HiresOptions: {
+            /**
+             * Scale
+             * @description Upscale factor when hires.width/height are 0
+             * @default 2
+             */
+            scale?: number;
+            /**
+             * Width
+             * @description Final width; 0: width * scale (or from height)
+             * @default 0
+             */
+            width?: number;
+            /**
+             * Height
+             * @description Final height; 0: height * scale (or from width)
+             * @default 0
+             */
+            height?: number;
+            /**
+             * Upscaler
+             * @description latent (bilinear), latent-antialiased, latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact; lanczos, nearest; or an upscaler model in --upscaler-dirs
+             * @default latent
+             */
+            upscaler?: string;
+            /**
+             * Steps
+             * @description Steps of the second pass; 0: the request's steps
+             * @default 0
+             */
+            steps?: number;
+            /**
+             * Strength
+             * @description Denoising strength of the second pass
+             * @default 0.7
+             */
+            strength?: number;
+            /**
+             * Prompt
+             * @description Second-pass prompt; the request's when absent
+             * @default null
+             */
+            prompt?: string | null;
+            /**
+             * Negative Prompt
+             * @default null
+             */
+            negative_prompt?: string | null;
+            /**
+             * @description Second-pass sampler; the request's when absent
+             * @default null
+             */
+            sampler?: components["schemas"]["Sampler"] | null;
+            /** @default null */
+            schedule?: components["schemas"]["Schedule"] | null;
+        };
         /** HistoryResponse */
         HistoryResponse: {
             /** Jobs */
@@ -874,7 +714,7 @@ export interface components {
          * JobState
          * @enum {string}
          */
-        JobState: "queued" | "running" | "done" | "cancelled" | "failed";
+        JobState: "queued" | "running" | "done" | "cancelled" | "failed" | "interrupted";
         /** Limits */
         Limits: {
             /** Max Width */
@@ -906,7 +746,7 @@ export interface components {
         LoraSpec: {
             /**
              * Name
-             * @description File name inside a LoRA directory, or a path the server allows
+             * @description A file name inside the LoRA folders (no path)
              */
             name: string;
             /**
@@ -1029,6 +869,8 @@ export interface components {
             builtin: string[];
             /** Models */
             models: components["schemas"]["ModelEntry"][];
+            /** Controlnets */
+            controlnets: components["schemas"]["ControlNetEntry"][];
         };
         /** OutpaintExtent */
         OutpaintExtent: {
@@ -1144,6 +986,30 @@ export interface components {
             eta_s?: number | null;
         };
         /**
+         * ReferenceImages
+         * @description Reference images for style and subject (IP-Adapter): uploads with roles `reference.0`, ....
+         */
+        ReferenceImages: {
+            /**
+             * Images
+             * @description How many reference images were uploaded
+             * @default 1
+             */
+            images?: number;
+            /**
+             * Weight
+             * @description How strongly the references steer the image
+             * @default 0.6
+             */
+            weight?: number;
+            /**
+             * Model
+             * @description IP-Adapter to use; the server's default when absent
+             * @default null
+             */
+            model?: string | null;
+        };
+        /**
          * ResultEvent
          * @description Announces one finished image; its bytes follow as a binary `result` frame (websocket) or at
          *     `url` (HTTP).
@@ -1173,9 +1039,21 @@ export interface components {
         };
         /**
          * Sampler
+         * @description The solver that steps through the noise schedule (diffusers' schedulers; docs/engine.md maps
+         *     each to A1111's name). `dpmpp_2m_karras` and `dpmpp_sde_karras` are the older spellings of
+         *     `dpmpp_2m` / `dpmpp_sde` with `schedule: karras`.
          * @enum {string}
          */
-        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "heun" | "pndm";
+        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "heun" | "pndm" | "lms" | "dpm2" | "dpm2_a" | "dpmpp_2s_a" | "dpmpp_sde" | "dpmpp_2m_sde" | "dpmpp_2m_sde_heun" | "dpmpp_3m_sde";
+        /**
+         * Schedule
+         * @description Where the sampler's steps fall on the noise scale. `default` keeps the model's own scheduler
+         *     configuration; `linspace` / `leading` / `trailing` space the timesteps evenly over the whole
+         *     range / from the start / from the end; `karras`, `exponential` and `beta` pick the noise levels
+         *     (sigmas) by those formulas. Not every sampler takes every schedule (see capabilities).
+         * @enum {string}
+         */
+        Schedule: "default" | "linspace" | "leading" | "trailing" | "karras" | "exponential" | "beta";
         /**
          * Seamless
          * @enum {string}
@@ -1240,6 +1118,12 @@ export interface components {
              * @default null
              */
             finished_at?: number | null;
+            /**
+             * Resumed
+             * @description Times the job was queued again because the server stopped (crash or restart) while it was queued or running
+             * @default 0
+             */
+            resumed?: number;
         };
         /**
          * SubmitBody
@@ -1247,28 +1131,27 @@ export interface components {
          */
         SubmitBody: {
             request: components["schemas"]["GenerationRequest"];
-            /**
-             * Init Image
-             * @description base64 PNG/JPEG/WebP
-             * @default null
-             */
+            /** @default null */
             init_image?: string | null;
-            /**
-             * Mask
-             * @description base64 image; white (or painted alpha) = repaint
-             * @default null
-             */
+            /** @default null */
             mask?: string | null;
+            /**
+             * Images
+             * @description Other images by role, base64: `control.<i>` for control unit i, `reference.<i>` for reference image i
+             */
+            images?: {
+                [key: string]: string;
+            };
             /**
              * Priority
              * @default normal
              */
             priority?: string;
-        };
+        } & (unknown & unknown);
         /**
          * SubmitMessage
          * @description Submit a job. Images are uploaded first as binary `upload` frames; `images` maps a role
-         *     ("init", "mask") to the `upload_id` of such a frame.
+         *     ("init", "mask", "control.0", "reference.0", ...) to the `upload_id` of such a frame.
          */
         SubmitMessage: {
             /**
@@ -1296,6 +1179,8 @@ export interface components {
         };
         ClientMessage: components["schemas"]["HelloMessage"] | components["schemas"]["SubmitMessage"] | components["schemas"]["CancelMessage"] | components["schemas"]["AttachMessage"] | components["schemas"]["PingMessage"];
         ServerEvent: components["schemas"]["HelloEvent"] | components["schemas"]["AcceptedEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["StatusEvent"] | components["schemas"]["PongEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ModelEvent"];
+        /** @description One event of a job, as JSON (the `data:` of a server-sent event) */
+        JobEvent: components["schemas"]["StatusEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"];
     };
     responses: never;
     parameters: never;
@@ -1304,6 +1189,1017 @@ export interface components {
     pathItems: never;
 }
 export type $defs = Record<string, never>;
+export interface operations {
+    listJobs: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Jobs of every client, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HistoryResponse"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `invalid_request`: `limit` is not an integer in 1..1000 */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    submitJob: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Any value. Required with a multipart body unless an Authorization header is sent (plain HTML forms cannot set it, so a web page cannot post here) */
+                "X-LatentBridge-Client"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SubmitBody"];
+                "multipart/form-data": ({
+                    request: components["schemas"]["GenerationRequest"];
+                    /** @enum {string} */
+                    priority?: "interactive" | "normal" | "batch";
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    init_image?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    mask?: string;
+                } & {
+                    [key: string]: string;
+                }) & (unknown & unknown);
+            };
+        };
+        responses: {
+            /** @description Queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AcceptedEvent"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_model`: the request names a model or LoRA this server does not have */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `too_large`: the body is over `max_body_bytes`, or width x height x batch_size (for outpaint: the init image grown by the extents, times batch_size) is over this server's `max_pixels`; JSON Schema cannot express that product */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs from the init image's (rules JSON Schema cannot express) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `queue_full`: the queue is full; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `model_not_ready` / `model_load_failed`: the model is not available */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    getJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Status */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatusEvent"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_job` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    getJobEvents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The job's events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        /** @enum {string} */
+                        event: "status" | "started" | "progress" | "preview" | "result" | "done" | "cancelled" | "error";
+                        data: string;
+                    };
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_job` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    cancelJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Cancelled (or already finished) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CancelResponse"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_job` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    getJobResult: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+                index: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description PNG */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_job`: no such job, or no result with that index (yet) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    getJobInput: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+                /** @description The role the image had in the job: `init`, `mask`, `control.0`, ... */
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description PNG */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_job`: no such job, or no input with that role */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    listModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Models */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelsResponse"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    capabilities: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Capabilities */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Capabilities"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    listLoras: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description LoRAs */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LorasResponse"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    loadModel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LoadModelBody"];
+            };
+        };
+        responses: {
+            /** @description Loaded */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelStatus"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unknown_model`: not the configured model, a built-in one or a model inside --model-dirs */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `model_load_failed` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Health */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HealthResponse"];
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+    openapi: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OpenAPI 3.1 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": Record<string, never>;
+                };
+            };
+            /** @description `bad_message`: the body is not (strict) JSON, a malformed multipart body, a bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `unauthorized`: a token is required (or too many wrong ones came from this address; see `Retry-After`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `forbidden`: a browser request from a foreign Origin or Host, or a form post */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description `bad_message`: method not allowed; `Allow` lists the methods of the route */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+            /** @description A typed error (see `code`; `field` names the offending field) */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEvent"];
+                };
+            };
+        };
+    };
+}
 type FlattenedDeepRequired<T> = {
     [K in keyof T]-?: FlattenedDeepRequired<T[K] extends unknown[] | undefined | null ? Extract<T[K], unknown[]>[number] : T[K]>;
 };
@@ -1313,19 +2209,22 @@ type ReadonlyArray<T> = [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["priority"]> = ["interactive", "normal", "batch"];
+export const pathsApiV1JobsJob_idEventsGetResponses200ContentTextEventStreamEventValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["event"]> = ["status", "started", "progress", "preview", "result", "done", "cancelled", "error"];
 export const acceptedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AcceptedEvent"]["type"]> = ["accepted"];
 export const attachMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AttachMessage"]["type"]> = ["attach"];
 export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result"];
 export const binaryHeaderFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["format"]> = ["png", "jpeg", "webp", "rgb"];
 export const cancelMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelMessage"]["type"]> = ["cancel"];
 export const cancelledEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelledEvent"]["type"]> = ["cancelled"];
+export const controlTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ControlType"]> = ["depth", "normal", "canny", "lineart", "softedge", "scribble", "segmentation", "openpose", "tile"];
+export const controlUnitModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ControlUnit"]["mode"]> = ["balanced", "prompt", "control"];
 export const doneEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["DoneEvent"]["type"]> = ["done"];
-export const errorCodeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorCode"]> = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "unauthorized", "forbidden", "internal"];
+export const errorCodeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorCode"]> = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "interrupted", "unauthorized", "forbidden", "internal"];
 export const errorEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorEvent"]["type"]> = ["error"];
 export const healthResponseStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthResponse"]["status"]> = ["ok", "starting", "error"];
 export const helloEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HelloEvent"]["type"]> = ["hello"];
 export const helloMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HelloMessage"]["type"]> = ["hello"];
-export const jobStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JobState"]> = ["queued", "running", "done", "cancelled", "failed"];
+export const jobStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JobState"]> = ["queued", "running", "done", "cancelled", "failed", "interrupted"];
 export const modeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Mode"]> = ["txt2img", "img2img", "inpaint", "outpaint"];
 export const modelEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelEvent"]["type"]> = ["model"];
 export const modelStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelState"]> = ["loading", "downloading", "ready", "failed"];
@@ -1337,10 +2236,10 @@ export const previewOptionsDecoderValues: ReadonlyArray<FlattenedDeepRequired<co
 export const previewOptionsFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PreviewOptions"]["format"]> = ["jpeg", "png", "rgb"];
 export const progressEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ProgressEvent"]["type"]> = ["progress"];
 export const resultEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ResultEvent"]["type"]> = ["result"];
-export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm"];
+export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
+export const scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Schedule"]> = ["default", "linspace", "leading", "trailing", "karras", "exponential", "beta"];
 export const seamlessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Seamless"]> = ["none", "x", "y", "xy"];
 export const startedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StartedEvent"]["type"]> = ["started"];
 export const statusEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StatusEvent"]["type"]> = ["status"];
 export const submitMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["SubmitMessage"]["type"]> = ["submit"];
 export const submitMessagePriorityValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["SubmitMessage"]["priority"]> = ["interactive", "normal", "batch"];
-export type operations = Record<string, never>;

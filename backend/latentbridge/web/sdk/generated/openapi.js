@@ -2,19 +2,22 @@
 // OpenAPI document (GET /api/v1/openapi.json, built from backend/latentbridge/protocol.py).
 // Do not edit: change protocol.py / server/openapi.py and run `npm run generate`.
 export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues = ["interactive", "normal", "batch"];
+export const pathsApiV1JobsJob_idEventsGetResponses200ContentTextEventStreamEventValues = ["status", "started", "progress", "preview", "result", "done", "cancelled", "error"];
 export const acceptedEventTypeValues = ["accepted"];
 export const attachMessageTypeValues = ["attach"];
 export const binaryHeaderKindValues = ["upload", "preview", "result"];
 export const binaryHeaderFormatValues = ["png", "jpeg", "webp", "rgb"];
 export const cancelMessageTypeValues = ["cancel"];
 export const cancelledEventTypeValues = ["cancelled"];
+export const controlTypeValues = ["depth", "normal", "canny", "lineart", "softedge", "scribble", "segmentation", "openpose", "tile"];
+export const controlUnitModeValues = ["balanced", "prompt", "control"];
 export const doneEventTypeValues = ["done"];
-export const errorCodeValues = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "unauthorized", "forbidden", "internal"];
+export const errorCodeValues = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "interrupted", "unauthorized", "forbidden", "internal"];
 export const errorEventTypeValues = ["error"];
 export const healthResponseStatusValues = ["ok", "starting", "error"];
 export const helloEventTypeValues = ["hello"];
 export const helloMessageTypeValues = ["hello"];
-export const jobStateValues = ["queued", "running", "done", "cancelled", "failed"];
+export const jobStateValues = ["queued", "running", "done", "cancelled", "failed", "interrupted"];
 export const modeValues = ["txt2img", "img2img", "inpaint", "outpaint"];
 export const modelEventTypeValues = ["model"];
 export const modelStateValues = ["loading", "downloading", "ready", "failed"];
@@ -26,7 +29,8 @@ export const previewOptionsDecoderValues = ["latent2rgb", "taesd", "vae", "none"
 export const previewOptionsFormatValues = ["jpeg", "png", "rgb"];
 export const progressEventTypeValues = ["progress"];
 export const resultEventTypeValues = ["result"];
-export const samplerValues = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm"];
+export const samplerValues = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
+export const scheduleValues = ["default", "linspace", "leading", "trailing", "karras", "exponential", "beta"];
 export const seamlessValues = ["none", "x", "y", "xy"];
 export const startedEventTypeValues = ["started"];
 export const statusEventTypeValues = ["status"];
