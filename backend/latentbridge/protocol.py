@@ -209,12 +209,16 @@ class ReferenceImages(StrictNumbers):
     model: str | None = Field(None, max_length=1024, description="IP-Adapter to use; the server's default when absent")
 
 
-def image_role_pattern() -> str:
-    return rf"^(init|mask|control\.[0-{MAX_CONTROLS - 1}]|reference\.[0-{MAX_REFERENCES - 1}])$"
+def image_role_pattern(conditioning_only: bool = False) -> str:
+    """Upload roles: init, mask, control.<i>, reference.<i> (only the last two when asked)."""
+    roles = rf"control\.[0-{MAX_CONTROLS - 1}]|reference\.[0-{MAX_REFERENCES - 1}]"
+    return rf"^({roles})$" if conditioning_only else rf"^(init|mask|{roles})$"
 
 
 # An uploaded image's role in a request: init, mask, control.<i>, reference.<i>.
 ImageRole = Annotated[str, Field(pattern=image_role_pattern(), max_length=16)]
+# The roles of the conditioning images (REST bodies carry init and mask in fields of their own).
+ConditioningRole = Annotated[str, Field(pattern=image_role_pattern(conditioning_only=True), max_length=16)]
 
 
 class LoraSpec(StrictNumbers):

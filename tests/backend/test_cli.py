@@ -180,7 +180,7 @@ def _fill(arg, files):
         (["generate", "--out", "{readonly}/x.png"], "cannot write there"),
         (["generate", "--init", "{png}", "--extend", "-8,0,0,0"], "left must be 0 or more, got -8"),
         (["generate", "--init", "{png}", "--mask", "{small}"], "mask is 32x32 but the init image is 64x64"),
-        (["generate", "--init", "{garbage}"], "not a PNG, JPEG or WebP image"),
+        (["generate", "--init", "{garbage}"], "only PNG, JPEG or WebP images are decoded"),
         (["info", "{png}"], "no Latent Bridge request or A1111 parameters"),
         (["info", "{garbage}"], "not a readable image"),
         (["info", "{missing}"], "cannot read it"),
@@ -279,7 +279,7 @@ class _FakeClient:
     def __exit__(self, *exc):
         return None
 
-    def generate(self, request, init_image=None, mask=None, on_progress=None):
+    def generate(self, request, init_image=None, mask=None, on_progress=None, **kwargs):
         type(self).calls.append((self.url, self.token, request, init_image, mask))
         for step in (1, 2):
             on_progress(type("Progress", (), {"step": step, "total": 2})())

@@ -70,6 +70,15 @@ def _over_pixel_budget(body) -> bool:
     return width * height * batch > MAX_PIXELS
 
 
+def _control_ends_before_it_starts(body) -> bool:
+    """A control unit whose `end` is not after its `start`: refused with 422 (documented; JSON
+    Schema cannot compare two fields)."""
+    request = body.get("request") if isinstance(body, dict) else None
+    units = request.get("controls") if isinstance(request, dict) else None
+    return isinstance(units, list) and any(
+        isinstance(u, dict) and u.get("end", 1.0) <= u.get("start", 0.0) for u in units)
+
+
 _validators: dict[tuple, object] = {}
 
 
@@ -107,4 +116,6 @@ def valid_bodies_accepted(ctx, response, case):
         return None
     if status == 413 and _over_pixel_budget(case.body):
         return None  # the documented pixel budget
+    if status == 422 and _control_ends_before_it_starts(case.body):
+        return None  # the documented order of a control unit's start and end
     raise AssertionError(f"a schema-valid request was refused with {status}: {response.content[:300]!r}")

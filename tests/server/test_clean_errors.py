@@ -29,9 +29,10 @@ def strict_json(text: str):
 
 
 async def expect_error(resp, status: int, code: str, field: str | None = None) -> dict:
-    """A typed error; A1111 routes answer every client error with 422, as A1111 does."""
+    """A typed error; A1111 routes answer client errors with 422 as A1111 (FastAPI) does, except its
+    404 "not found" answers (a model or sampler it does not have) and 405."""
     text = await resp.text()
-    if resp.url.path.startswith("/sdapi/") and 400 <= status < 500 and status != 405:
+    if resp.url.path.startswith("/sdapi/") and 400 <= status < 500 and status not in (404, 405):
         status = 422
     assert resp.status == status, text
     body = strict_json(text)

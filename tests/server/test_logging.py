@@ -75,6 +75,8 @@ async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, c
 
 def test_json_log_lines_carry_the_fields():
     stream = io.StringIO()
+    root, ours = logging.getLogger(), logging.getLogger("latentbridge")
+    saved = root.handlers[:], root.level, ours.level  # pytest's capture handlers: put back afterwards
     logs.configure("json")
     handler = logging.getLogger().handlers[0]
     handler.setStream(stream)
@@ -83,7 +85,9 @@ def test_json_log_lines_carry_the_fields():
                                                     extra={"job_id": "ab" * 16, "event": "done", "seconds": 1.5})
         logging.getLogger("aiohttp.access").info("not shown: libraries stay at warning")
     finally:
-        logging.getLogger().handlers[:] = []
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        ours.setLevel(saved[2])
     (line,) = stream.getvalue().splitlines()
     entry = json.loads(line)
     assert entry["message"] == f"job {'ab' * 16} done in 1.50 s" and entry["level"] == "info"

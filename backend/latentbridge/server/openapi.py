@@ -40,6 +40,8 @@ from ..protocol import (
     StartedEvent,
     StatusEvent,
     SubmitMessage,
+    MAX_CONTROLS,
+    MAX_REFERENCES,
     image_role_pattern,
 )
 from ..settings import Settings
@@ -103,7 +105,8 @@ SUBMIT_ERRORS = {
                   "the init image grown by the extents, times batch_size) is over this server's `max_pixels`; "
                   "JSON Schema cannot express that product"),
     "422": _error("`bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs "
-                  "from the init image's (rules JSON Schema cannot express)"),
+                  "from the init image's; `invalid_request`: a control unit whose `end` is not after its `start` "
+                  "(rules JSON Schema cannot express)"),
     "429": _error("`queue_full`: the queue is full; retry after `Retry-After` seconds"),
     "503": _error("`model_not_ready` / `model_load_failed`: the model is not available"),
 }
@@ -157,6 +160,45 @@ def _images_follow_mode(init: dict[str, Any], mask: dict[str, Any]) -> list[dict
             {"if": mode_is(["inpaint"]), "then": {"required": ["mask"], "properties": {"mask": mask}}}]
 
 
+CONDITIONING_ROLES = [f"control.{i}" for i in range(MAX_CONTROLS)] + [f"reference.{i}" for i in range(MAX_REFERENCES)]
+
+
+def _roles_follow_units(container: str | None) -> list[dict[str, Any]]:
+    """The upload rule (jobs.check_limits): control unit i needs the image `control.<i>`, reference
+    image i the image `reference.<i>`, and no other role may be sent. The images are in the object
+    `container` (JSON bodies) or are the body's own parts (multipart). Each rule is one chain of
+    nested conditions (unit i exists only if unit i-1 does), which schema tools unfold linearly."""
+
+    def has_control(i: int) -> dict[str, Any]:
+        return {"properties": {"request": {"properties": {"controls": {"minItems": i + 1}}, "required": ["controls"]}},
+                "required": ["request"]}
+
+    def has_reference(i: int) -> dict[str, Any]:
+        reference: dict[str, Any] = {"type": "object"}  # `images` defaults to 1
+        if i:
+            reference.update(properties={"images": {"minimum": i + 1}}, required=["images"])
+        return {"properties": {"request": {"properties": {"reference": reference}, "required": ["reference"]}},
+                "required": ["request"]}
+
+    return [_role_chain(has_control, "control", MAX_CONTROLS, container),
+            _role_chain(has_reference, "reference", MAX_REFERENCES, container)]
+
+
+def _role_chain(has, prefix: str, count: int, container: str | None, i: int = 0) -> dict[str, Any]:
+    """If item i exists, role `<prefix>.<i>` is required and the chain goes on; else that role and
+    every later one are absent."""
+    def about_images(schema: dict[str, Any]) -> dict[str, Any]:
+        return schema if container is None else {"properties": {container: schema}}
+
+    absent = about_images({"properties": {f"{prefix}.{k}": False for k in range(i, count)}})
+    present = about_images({"required": [f"{prefix}.{i}"]})
+    if container is not None:
+        present["required"] = [container]
+    if i + 1 < count:
+        present = {"allOf": [present, _role_chain(has, prefix, count, container, i + 1)]}
+    return {"if": has(i), "then": present, "else": absent}
+
+
 def _this_servers_limits(schemas: dict[str, Any], settings: Settings, samplers: list[str] | None,
                          seamless: list[str] | None) -> None:
     request = schemas["GenerationRequest"]
@@ -196,18 +238,20 @@ def build_openapi(settings: Settings | None = None, samplers: list[str] | None =
     submit = schemas["SubmitBody"]
     for field in ("init_image", "mask"):
         submit["properties"][field] = {"anyOf": [BASE64_IMAGE, {"type": "null"}], "default": None}
-    submit["properties"]["images"]["additionalProperties"] = BASE64_IMAGE
-    submit["allOf"] = _images_follow_mode(BASE64_IMAGE, BASE64_IMAGE)
+    images = submit["properties"]["images"]
+    images["patternProperties"] = {pattern: BASE64_IMAGE for pattern in images["patternProperties"]}
+    images["additionalProperties"] = False
+    submit["allOf"] = _images_follow_mode(BASE64_IMAGE, BASE64_IMAGE) + _roles_follow_units("images")
     schemas["JobEvent"] = {"oneOf": [_ref(m) for m in JOB_EVENTS], "discriminator": {"propertyName": "type"},
                            "description": "One event of a job, as JSON (the `data:` of a server-sent event)"}
     multipart = {
         "type": "object", "required": ["request"], "additionalProperties": False,
         "properties": {"request": _ref(GenerationRequest),
                        "priority": {"type": "string", "enum": ["interactive", "normal", "batch"]},
-                       "init_image": BINARY_IMAGE, "mask": BINARY_IMAGE},
-        # Parts named by image role: control.0 for control unit 0, reference.0, ...
-        "patternProperties": {image_role_pattern(): BINARY_IMAGE},
-        "allOf": _images_follow_mode(BINARY_IMAGE, BINARY_IMAGE),
+                       "init_image": BINARY_IMAGE, "mask": BINARY_IMAGE,
+                       # Parts named by image role: control.0 for control unit 0, reference.0, ...
+                       **{role: BINARY_IMAGE for role in CONDITIONING_ROLES}},
+        "allOf": _images_follow_mode(BINARY_IMAGE, BINARY_IMAGE) + _roles_follow_units(None),
     }
     multipart_encoding = {"request": {"contentType": "application/json"},
                           "init_image": {"contentType": "image/png, image/jpeg, image/webp"},

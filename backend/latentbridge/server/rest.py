@@ -26,7 +26,7 @@ from ..protocol import (
     ModelState,
     PreviewEvent,
     TooLarge,
-    ImageRole,
+    ConditioningRole,
     error_from_validation,
     image_role_pattern,
     loads_json,
@@ -48,7 +48,7 @@ class SubmitBody(BaseModel):
     request: GenerationRequest
     init_image: str | None = Field(None, description="base64 PNG/JPEG/WebP")
     mask: str | None = Field(None, description="base64 image; white (or painted alpha) = repaint")
-    images: dict[ImageRole, str] = Field(default_factory=dict, description="Other images by role, base64: "
+    images: dict[ConditioningRole, str] = Field(default_factory=dict, description="Other images by role, base64: "
                                          "`control.<i>` for control unit i, `reference.<i>` for reference image i")
     priority: str = Field("normal", pattern="^(interactive|normal|batch)$")
 
@@ -104,7 +104,7 @@ async def _read_multipart(request: web.Request) -> tuple[Any, dict[str, bytes], 
     try:
         async for part in reader:
             name = part.name or ""
-            if name not in MULTIPART_PARTS and not re.match(image_role_pattern(), name):
+            if name not in MULTIPART_PARTS and not re.match(image_role_pattern(conditioning_only=True), name):
                 raise InvalidRequest(f"unknown multipart part {name!r}", field=name[:100] or "part")
             if name in parts:
                 raise InvalidRequest(f"multipart part {name!r} sent twice", field=name)
@@ -136,7 +136,7 @@ async def submit(request: web.Request) -> web.Response:
     if ctype == "multipart/form-data":
         data, files, priority = await _read_multipart(request)
         body = {"request": data, "priority": priority}
-        init_bytes = files.pop("init_image", None) or files.pop("init", None)  # the role's name works too
+        init_bytes = files.pop("init_image", None)
         mask_bytes = files.pop("mask", None)
     elif ctype == "application/json":
         body = await _json_body(request)
@@ -156,9 +156,6 @@ async def submit(request: web.Request) -> web.Response:
     if parsed.mask is not None:
         mask_bytes = _b64(parsed.mask, "mask")
     for role, value in parsed.images.items():
-        if role in ("init", "mask"):
-            raise InvalidRequest(f"send the {role} image as `{'init_image' if role == 'init' else 'mask'}`",
-                                 field=f"images.{role}")
         files[role] = _b64(value, f"images.{role}")
     job = await submit_job(request.app, parsed.request, init_bytes, mask_bytes, owner=_owner(request),
                            priority=parsed.priority, images=files)

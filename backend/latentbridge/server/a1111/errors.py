@@ -128,10 +128,12 @@ def not_found_middleware():
                 raise
             return error_response(A1111Error("Not Found", status=404, code=ErrorCode.bad_message,
                                              message=f"no route {request.path}"))
-        except web.HTTPMethodNotAllowed:
+        except web.HTTPMethodNotAllowed as exc:
             if request.path.startswith(_OURS):
                 raise
-            return error_response(A1111Error("Method Not Allowed", status=405, code=ErrorCode.bad_message,
-                                             message=f"{request.method} is not allowed on {request.path}"))
+            response = error_response(A1111Error("Method Not Allowed", status=405, code=ErrorCode.bad_message,
+                                                 message=f"{request.method} is not allowed on {request.path}"))
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110: a 405 says what is
+            return response
 
     return middleware

@@ -1147,7 +1147,7 @@ export interface components {
              * @default normal
              */
             priority?: string;
-        } & (unknown & unknown);
+        } & (unknown & unknown & unknown & unknown);
         /**
          * SubmitMessage
          * @description Submit a job. Images are uploaded first as binary `upload` frames; `images` maps a role
@@ -1279,7 +1279,7 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["SubmitBody"];
-                "multipart/form-data": ({
+                "multipart/form-data": {
                     request: components["schemas"]["GenerationRequest"];
                     /** @enum {string} */
                     priority?: "interactive" | "normal" | "batch";
@@ -1293,9 +1293,47 @@ export interface operations {
                      * @description A PNG, JPEG or WebP image
                      */
                     mask?: string;
-                } & {
-                    [key: string]: string;
-                }) & (unknown & unknown);
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "control.0"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "control.1"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "control.2"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "control.3"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "reference.0"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "reference.1"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "reference.2"?: string;
+                    /**
+                     * Format: binary
+                     * @description A PNG, JPEG or WebP image
+                     */
+                    "reference.3"?: string;
+                } & (unknown & unknown & unknown & unknown);
             };
         };
         responses: {
@@ -1362,7 +1400,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEvent"];
                 };
             };
-            /** @description `bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs from the init image's (rules JSON Schema cannot express) */
+            /** @description `bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs from the init image's; `invalid_request`: a control unit whose `end` is not after its `start` (rules JSON Schema cannot express) */
             422: {
                 headers: {
                     [name: string]: unknown;
