@@ -63,6 +63,7 @@ class Soak:
         self.errors: list[str] = []
         self.hung: list[str] = []
         self.warm = asyncio.Event()
+        self.warm_up = min(50, max(1, jobs // 5))  # jobs before the first RSS reading
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(prompt="soak", width=64, height=64, steps=self.rng.choice([2, 4, 8]),
@@ -83,7 +84,7 @@ class Soak:
         try:
             while self.submitted < self.target:
                 self.submitted += 1
-                if self.submitted >= 50:
+                if self.submitted >= self.warm_up:
                     self.warm.set()
                 action = self.rng.choice(["follow", "follow", "cancel", "drop-accepted", "drop-running", "http"])
                 job = await self.submit(client)
@@ -170,7 +171,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> int:
     print("what the clients did: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
     print(f"lost results: {len(lost)}   stuck jobs: {len(stuck)}   client errors: {len(runner.errors)}   "
           f"clients left waiting: {len(runner.hung)}")
-    print(f"server RSS: {warm_rss:.0f} MB after 50 jobs, {end_rss:.0f} MB at the end "
+    print(f"server RSS: {warm_rss:.0f} MB after {runner.warm_up} jobs, {end_rss:.0f} MB at the end "
           f"(drift {100 * (end_rss - warm_rss) / warm_rss:+.1f} %)")
     for line in (lost + stuck + runner.errors + runner.hung)[:20]:
         print("  " + line)
@@ -194,8 +195,15 @@ def main() -> int:
             asyncio.run(_wait_ready(url))
             return asyncio.run(soak(args, url, server.pid))
         finally:
+            stopping = time.monotonic()
             server.terminate()
-            server.wait(30)
+            try:
+                server.wait(60)
+                print(f"server stopped {time.monotonic() - stopping:.1f} s after SIGTERM")
+            except subprocess.TimeoutExpired:
+                print("server did not stop within 60 s of SIGTERM: killed")
+                server.kill()
+                server.wait(10)
 
 
 async def _wait_ready(url: str) -> None:

@@ -172,7 +172,16 @@ def main(argv: list[str]) -> int:
     """Exit status as the CLI's (docs/cli.md): 0, or an error raised as one line by `latentbridge`."""
     args = parse_args(argv)
     # The failure reaches the user once, as the CLI's one-line error, not also as a server log line.
-    logging.getLogger("latentbridge").setLevel(logging.CRITICAL)
+    ours = logging.getLogger("latentbridge")
+    level = ours.level
+    ours.setLevel(logging.CRITICAL)
+    try:
+        return _measure(args)
+    finally:
+        ours.setLevel(level)
+
+
+def _measure(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from .protocol import GenerationRequest

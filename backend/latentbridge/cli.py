@@ -14,8 +14,11 @@ server and client) are imported only by the sub-command that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+import warnings
 from typing import NoReturn, Sequence
 
 from pydantic import ValidationError
@@ -112,7 +115,12 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     if not args.debug:
-        _quiet_libraries(silent=args.quiet)
+        _quiet_libraries()
+    with _silenced(args.quiet and not args.debug):
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     # Settings first: a bad setting is reported before any file is read or model loaded.
     settings = _settings(args)
     check_output(args.out)
@@ -157,20 +165,35 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise error_from_validation(exc, prefix="settings") from None
 
 
-def _quiet_libraries(silent: bool = False) -> None:
+def _quiet_libraries() -> None:
     """Keep transformers/diffusers notices (optional backends, deprecations) off a CLI's stderr;
-    an explicit environment setting or --debug keeps them. `silent` (-q): no library warning or
-    progress bar at all, only errors."""
+    an explicit environment setting or --debug keeps them."""
     for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(name, "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    if silent:
-        import logging
-        import warnings
 
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
+
+@contextlib.contextmanager
+def _silenced(silent: bool):
+    """-q: no library warning, log line or progress bar while the command runs, only errors;
+    everything as it was afterwards (main() may run inside a bigger program, e.g. a test)."""
+    if not silent:
+        yield
+        return
+    progress_bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    disabled = logging.root.manager.disable
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+        if progress_bars is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = progress_bars
 
 
 def _generate_local(args, settings: Settings, request: GenerationRequest, init_image, mask_image,
@@ -252,9 +275,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not args.debug:
         _quiet_libraries()
-    from . import logs
-
-    logs.configure(settings.log_format)
     from .server import StartupRefused, run  # aiohttp: only when serving
 
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import logs
 from ..settings import Settings
 from .app import create_app
 from .limits import ConnectionGuard, GuardedAppRunner
@@ -39,15 +40,9 @@ def run(settings: Settings) -> None:
     """Serve until interrupted (blocking). Raises StartupRefused for unsafe settings or an address
     that cannot be listened on (one line, for the CLI to print)."""
     check_startup(settings)
-    _default_logging()
+    if not logging.getLogger().handlers:  # unless the embedding program configured logging itself
+        logs.configure(settings.log_format)
     asyncio.run(serve(settings))
-
-
-def _default_logging() -> None:
-    """INFO lines on stderr, unless the embedding program configured logging itself."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def descriptor_plan(wanted: int) -> tuple[int, int]:
