@@ -57,6 +57,14 @@ def test_references_change_the_image_in_every_mode_reproducibly(request, fixture
         assert np.array_equal(_run(engine, controls=controls, **fields), referenced), (fixture, fields)  # bit-identical
 
 
+def test_references_with_controlnet_union(sdxl_engine):
+    union = ({"type": "depth", "model": "tiny-controlnet-union-sdxl", "weight": 0.3},
+             {"type": "canny", "model": "tiny-controlnet-union-sdxl", "weight": 0.3})
+    referenced = _run(sdxl_engine, 1.5, controls=union)
+    assert np.abs(referenced - _run(sdxl_engine, None, controls=union)).max() > 8
+    assert np.array_equal(_run(sdxl_engine, 1.5, controls=union), referenced)
+
+
 @pytest.mark.parametrize("fixture", ["engine", "sdxl_engine"])
 def test_weight_zero_is_exactly_the_image_without_references(request, fixture):
     engine = request.getfixturevalue(fixture)
@@ -124,7 +132,7 @@ def test_the_adapter_is_unloaded_afterwards_leaving_the_model_untouched(request,
     assert np.array_equal(_run(engine, None), plain)
 
 
-def test_the_adapter_is_unloaded_after_a_cancel_and_a_failure(engine):
+def test_the_adapter_is_unloaded_after_a_cancel_and_a_failure(engine, monkeypatch):
     before, plain = _model_state(engine), _run(engine, None)
     cancel = threading.Event()
 
@@ -134,8 +142,15 @@ def test_the_adapter_is_unloaded_after_a_cancel_and_a_failure(engine):
     with pytest.raises(Cancelled):
         engine.generate(small_request(steps=4, reference={"images": 1}), inputs={"reference.0": _picture(1)},
                         on_step=on_step, cancel=cancel)
-    with pytest.raises(Exception):  # a pipeline failure inside the call: an image the encoder cannot take
-        engine.generate(small_request(steps=2, reference={"images": 1}), inputs={"reference.0": Image.new("RGB", (1, 0))})
+    from diffusers import StableDiffusionPipeline
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "prepare_ip_adapter_image_embeds", fail)
+    with pytest.raises(RuntimeError, match="boom"):  # a failure inside the call, after the adapter is in
+        engine.generate(small_request(steps=2, reference={"images": 1}), inputs={"reference.0": _picture(1)})
+    monkeypatch.undo()
     _assert_same_state(before, _model_state(engine))
     assert np.array_equal(_run(engine, None), plain)
 

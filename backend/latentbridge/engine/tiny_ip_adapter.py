@@ -85,6 +85,6 @@ def build(name: str):
         ip_adapter = {}
         for key_id, hidden, width in cross_attention_layout(unet):
             ip_adapter[f"{key_id}.to_k_ip.weight"] = torch.randn(hidden, width) * 0.5
-            ip_adapter[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, width) * 0.5
+            ip_adapter[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, width)  # strong: the effect shows
     encoder.eval()
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}, encoder
