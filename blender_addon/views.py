@@ -94,8 +94,9 @@ class ViewCamera:
 
     @property
     def principal_point(self) -> tuple[float, float]:
-        """Where the view axis meets the image, in pixel coordinates (y down)."""
-        return (self.width / 2 + self.shift_x * self.fit_pixels, self.height / 2 - self.shift_y * self.fit_pixels)
+        """Where the view axis meets the image, in pixel coordinates (y down). Blender's shift
+        moves the frame: a positive shift_x moves it right, so the axis appears left of centre."""
+        return (self.width / 2 - self.shift_x * self.fit_pixels, self.height / 2 + self.shift_y * self.fit_pixels)
 
     @property
     def location(self) -> np.ndarray:
@@ -192,7 +193,7 @@ def overscan(camera: ViewCamera, left: int, top: int, right: int, bottom: int) -
         camera, width=width, height=height, sensor_fit="HORIZONTAL" if horizontal else "VERTICAL",
         sensor_width=sensor if horizontal else camera.sensor_width, sensor_height=camera.sensor_height if horizontal else sensor,
         ortho_scale=camera.ortho_scale * grow,
-        shift_x=(cx + left - width / 2) / fit_new, shift_y=(height / 2 - (cy + top)) / fit_new,
+        shift_x=(width / 2 - (cx + left)) / fit_new, shift_y=((cy + top) - height / 2) / fit_new,
     )
 
 

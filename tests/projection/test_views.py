@@ -56,9 +56,11 @@ def test_intrinsics_follow_blender():
     vertical = views.ViewCamera(np.eye(4), 1920, 1080, lens=50, sensor_height=24, sensor_fit="VERTICAL")
     xy, _ = vertical.project(np.array([[0, math.tan(math.atan(12 / 50)) * 3, -3.0]]))
     assert xy[0, 1] == pytest.approx(0.0, abs=1e-9)
-    # Shift moves the principal point by shift × the fitted dimension (y up in Blender).
+    # Shift moves the frame by shift × the fitted dimension (a positive shift_x shows more of the
+    # right, a positive shift_y more of the top), so the view axis lands left of / below the
+    # centre: what Cycles renders (tests/blender/test_uv_render.py, the shifted plane).
     shifted = views.ViewCamera(np.eye(4), 1000, 500, lens=50, shift_x=0.1, shift_y=0.2)
-    assert shifted.principal_point == pytest.approx((600.0, 250.0 - 200.0))
+    assert shifted.principal_point == pytest.approx((500.0 - 100.0, 250.0 + 200.0))
     ortho = views.ViewCamera(np.eye(4), 400, 200, kind="ORTHO", ortho_scale=8.0)
     xy, _ = ortho.project(np.array([[4.0, -2.0, -1.0]]))
     assert tuple(xy[0]) == pytest.approx((400.0, 200.0))
