@@ -9,7 +9,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from .apply import pack_png
+from .apply import pack_png, write_pixels
 from .pixels import blender_rgba
 
 CONTROL_IMAGE = "Latent Bridge Control"
@@ -26,17 +26,8 @@ def show_control_map(rgb: np.ndarray, name: str = CONTROL_IMAGE, kind: str = "")
 
 def show_pixels(flat: np.ndarray, width: int, height: int, name: str = CONTROL_IMAGE, kind: str = "") -> bpy.types.Image:
     """Pixels already in Blender's layout (`pixels.blender_rgba`, made off the main thread) into
-    the image `name` (created, or resized, as needed) with one `foreach_set`."""
-    image = bpy.data.images.get(name)
-    if image is None or image.source != "GENERATED" or image.is_float:
-        if image is not None:  # a file/packed or float image of that name: leave it alone
-            image.name = name + " (old)"
-        image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=False)
-        image.colorspace_settings.name = "Non-Color"
-    elif tuple(image.size) != (width, height):
-        image.scale(width, height)
-    image.pixels.foreach_set(flat)
-    image.update()
+    the byte image `name` (Non-Color) with one `foreach_set`."""
+    image = write_pixels(name, flat, width, height, float_buffer=False, colorspace="Non-Color")
     if kind:
         image[KIND_PROP] = kind
     return image

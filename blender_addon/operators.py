@@ -10,7 +10,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import animation, apply, capture, conditioning, control_ui, render_files, results, scene_capture
+from . import animation, apply, capture, conditioning, control_ui, render_files, results, scene_capture, texture_project
 from .controller import ConnectRefused, controller, online_refusal, preferences
 from .properties import MODES
 
@@ -189,7 +189,8 @@ class LATENTBRIDGE_OT_cancel(bpy.types.Operator):
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         scene = getattr(context, "scene", None)
-        if scene is None or (not controller.active_jobs(scene.name) and animation.running(scene.name) is None):
+        if scene is None or (not controller.active_jobs(scene.name) and animation.running(scene.name) is None
+                             and texture_project.running(scene.name) is None):
             cls.poll_message_set("Nothing is running in this scene")
             return False
         return True
@@ -198,6 +199,9 @@ class LATENTBRIDGE_OT_cancel(bpy.types.Operator):
         scene = context.scene
         if animation.cancel(scene.name):
             self.report({"INFO"}, "Latent Bridge: animation cancelled")
+            return {"FINISHED"}
+        if texture_project.cancel(scene.name):
+            self.report({"INFO"}, "Latent Bridge: projection cancelled; the texture is finished from the views done")
             return {"FINISHED"}
         jobs = controller.active_jobs(scene.name)
         if not any([controller.cancel(j) for j in jobs]):
@@ -235,6 +239,14 @@ class LATENTBRIDGE_OT_regenerate(bpy.types.Operator):
         if image is None:
             self.report({"ERROR"}, f"“{name}” is not a Latent Bridge result")
             return {"CANCELLED"}
+        if texture_project.is_projection(image):
+            try:
+                texture_project.regenerate(context, image)
+            except (texture_project.ProjectTextureError, capture.CaptureError, ConnectRefused) as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"Latent Bridge: projecting {name} again from its recipe")
+            return {"FINISHED"}
         request = apply.stored_request(image)
         images: dict[str, tuple[bytes, str]] = {}
         packed: dict[str, str] = {}

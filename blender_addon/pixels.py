@@ -36,17 +36,20 @@ def blender_rgba(values: np.ndarray) -> np.ndarray:
 
 
 def box_reduce(values: np.ndarray, factor: int, *, how: str = "mean") -> np.ndarray:
-    """Shrink (h, w[, C]) by an integer factor: the mean of each factor × factor block (or its
-    max, for thin white lines that must survive). uint8 stays uint8 (rounded)."""
+    """Shrink (h, w[, C]) by an integer factor: the mean of each factor × factor block, its max
+    (thin white lines must survive), or its centre pixel ("centre": exact colours, e.g. labels).
+    uint8 stays uint8 (rounded)."""
     if factor <= 1:
         return values
     a = np.asarray(values)
     h, w = a.shape[0] // factor, a.shape[1] // factor
+    if how == "centre":
+        return np.ascontiguousarray(a[factor // 2 : h * factor : factor, factor // 2 : w * factor : factor])
     blocks = a[: h * factor, : w * factor].reshape(h, factor, w, factor, *a.shape[2:])
     if how == "max":
         return blocks.max(axis=(1, 3))
     if how != "mean":
-        raise ValueError(f"box_reduce how must be 'mean' or 'max', not {how!r}")
+        raise ValueError(f"box_reduce how must be 'mean', 'max' or 'centre', not {how!r}")
     mean = blocks.mean(axis=(1, 3), dtype=np.float64)
     return (mean + 0.5).astype(np.uint8) if a.dtype == np.uint8 else mean.astype(a.dtype)
 
