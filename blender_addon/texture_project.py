@@ -128,7 +128,9 @@ class ProjectionRun:
         self.started_at = time.monotonic()
         self.render_s = 0.0
         self.longest_tick_s = 0.0
+        self.longest_tick_stage = ""  # the stage whose result that tick handled
         self.ticks = 0
+        self.worker_s: dict[str, float] = {}  # seconds on the worker thread by stage (inputs, projection, bake, …)
 
     # ------------------------------------------------------------------ driving
 
@@ -136,6 +138,7 @@ class ProjectionRun:
         """One tick's worth of main-thread work: take a finished task's result, or run one short
         stage (a decode, a read). Never raises: the drain step's timer must live on."""
         start = time.perf_counter()
+        phase = self.phase
         try:
             if self.task is not None:
                 if self.task.done:
@@ -157,9 +160,14 @@ class ProjectionRun:
         except Exception as exc:  # a bug: reported with its type, the run ends cleanly
             self._fail(f"{type(exc).__name__}: {exc}")
         self.ticks += 1
-        self.longest_tick_s = max(self.longest_tick_s, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if elapsed > self.longest_tick_s:
+            self.longest_tick_s, self.longest_tick_stage = elapsed, phase
+
 
     def _task_done(self, task: Task) -> None:
+        kind = task.label.split(" ")[-1] if task.label.startswith("view ") else task.label
+        self.worker_s[kind] = self.worker_s.get(kind, 0.0) + task.seconds
         try:
             value = task.result()
         except TaskCancelled:
