@@ -65,6 +65,13 @@ async def test_routes_list_models_modules_types_and_settings(client):
                                                                                     ("controlnet", True, True)]
 
 
+async def test_the_routes_take_the_servers_token(make_client):
+    client = await make_client(token="s3cret-token")
+    assert (await call(client, "GET", "/controlnet/model_list"))[0] == 401
+    status, body = await call(client, "GET", "/controlnet/module_list", headers={"Authorization": "Bearer s3cret-token"})
+    assert status == 200 and body["module_list"][0] == "none"
+
+
 async def _stored(client, job_id: str, role: str) -> np.ndarray:
     resp = await client.get(f"/api/v1/jobs/{job_id}/inputs/{role}")
     assert resp.status == 200, role

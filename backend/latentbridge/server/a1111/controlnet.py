@@ -41,6 +41,7 @@ from .errors import A1111Error, a1111_route, parse_body, read_json
 from .imaging import decode_b64_image, encode_result
 from .options import effective
 from .payloads import _Body
+from .progress import _truthy
 from .state import engine, jobs, settings
 
 API_VERSION = 3  # what the extension's /controlnet/version answers today
@@ -149,10 +150,6 @@ def png(image: Image.Image) -> bytes:
 # Routes
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 @a1111_route
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": API_VERSION})
@@ -184,20 +181,19 @@ async def control_types(request: web.Request) -> web.Response:
                     "default_option": "none", "default_model": "None"}}
     for tag in tags:
         modules = [m for m in ctx.modules if tag in m.tags or m.name == "none"]
-        wanted = {ControlType.canny: "Canny", ControlType.depth: "Depth", ControlType.normal: "NormalMap",
-                  ControlType.lineart: "Lineart", ControlType.scribble: "Scribble"}
         if tag == "IP-Adapter":
             models = [e.title for e in ctx.models if e.ip_adapter]
         else:
             # A ControlNet configured for this type, or one whose name does not tie it to another type.
             models = [e.title for e in controlnets if (e.type is None and _name_fits(e.name, tag))
-                      or (e.type is not None and wanted.get(ControlType(e.type)) == tag)]
+                      or (e.type is not None and _TYPE_TAGS.get(e.type) == tag)]
         default_module = modules[1] if len(modules) > 1 else modules[0]
         body[tag] = {"module_list": [m.label for m in modules], "model_list": ["None"] + models,
                      "default_option": default_module.label, "default_model": models[0] if models else "None"}
     return json_response({"control_types": body})
 
 
+_TYPE_TAGS = {"canny": "Canny", "depth": "Depth", "normal": "NormalMap", "lineart": "Lineart", "scribble": "Scribble"}
 _TAG_HINTS = {"Canny": ("canny",), "Depth": ("depth",), "NormalMap": ("normal",), "Lineart": ("lineart",),
               "Scribble": ("scribble", "sketch"), "MLSD": ("mlsd",), "IP-Adapter": ("ip-adapter", "ip_adapter")}
 
