@@ -182,6 +182,14 @@ async def test_bad_units_are_answered_naming_the_field_and_nothing_runs(client, 
     assert status == 200 and len(ok["images"]) == 1
 
 
+async def test_a_controlnet_of_another_family_fails_as_a_job_naming_the_unit(client):
+    status, body = await call(client, "POST", "/sdapi/v1/txt2img", with_units(
+        unit(module="canny"), unit(module="canny", model="tiny-controlnet-sdxl")))
+    assert (status, body["code"]) == (422, "unsupported") and body["field"] == f"{ARGS}.1.model" and "sdxl" in body["message"].lower(), body
+    status, ok = await call(client, "POST", "/sdapi/v1/txt2img", txt2img())
+    assert status == 200 and len(ok["images"]) == 1
+
+
 async def test_detect_runs_our_preprocessors_and_answers_as_the_extension(client):
     image = shapes()
     status, body = await call(client, "POST", "/controlnet/detect", {

@@ -106,6 +106,8 @@ class ControlNetPlan:
         if head == "controls" and rest.split(".")[0].isdigit() and int(rest.split(".")[0]) < len(self._map_units):
             index, _, sub = rest.partition(".")
             exc.field = self._map_units[int(index)].field + (".model" if sub == "model" else "")
+        elif head == "controls" and not rest and self.units:
+            exc.field = self.units[0].field.rpartition(".")[0]  # about the units together: `...args`
         elif head == "reference" and self._reference_unit is not None:
             exc.field = self._reference_unit.field + (".model" if rest == "model" else "")
         return exc

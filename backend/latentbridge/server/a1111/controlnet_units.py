@@ -354,7 +354,7 @@ def _control_type(values: dict[str, Any], module: Module, model: CatalogEntry, p
         return UNION_TYPES[union.strip().lower()]
     if module.type is not None:
         return module.type
-    if model.type:
+    if model.type in {t.value for t in ControlType}:
         return ControlType(model.type)
     lowered = model.name.lower()
     guessed = next((t for hint, t in _TYPE_HINTS if hint in lowered), None)
