@@ -117,6 +117,14 @@ class Engine:
     def preprocessor_names(self) -> list[str]:
         return preprocess.available(self.settings)
 
+    def preprocess(self, name: str, image: Image.Image, options: dict | None = None, *, field: str = "preprocessor",
+                   options_field: str | None = None) -> Image.Image:
+        """Preprocessor `name` on `image` with this engine's depth estimator (a control map, as a unit
+        would get it). Blocking; one that needs the estimator runs on the worker thread."""
+        with torch.inference_mode():
+            return preprocess.preprocess(name, image, options=options, estimators=self._estimators, field=field,
+                                         options_field=options_field)
+
     @property
     def model(self) -> models.LoadedModel | None:
         return self._model
