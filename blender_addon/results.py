@@ -107,7 +107,7 @@ def apply_result(ctl: "Controller", job: "JobContext", header: dict[str, Any], d
         apply.assign_texture([o for o in (bpy.data.objects.get(n) for n in job.targets) if o is not None], image)
     apply.show_in_image_editors(image, replace=tuple(job.results.values()))  # each image shown as it arrives
     ctl.persist(job.scene)
-    _undo_push(f"Latent Bridge: {image.name}")
+    undo_push(f"Latent Bridge: {image.name}")
 
 
 def use_result(image: bpy.types.Image, scene: bpy.types.Scene) -> None:
@@ -145,7 +145,7 @@ def report_orphan_end(ctl: "Controller", job: "JobContext", state: str, text: st
         ctl.report("WARNING" if state != "done" else "INFO", f"A job from {source} ended: {text}")
 
 
-def _undo_push(message: str) -> None:
+def undo_push(message: str) -> None:
     """An undo step for data created outside an operator (results arrive in a timer)."""
     if bpy.app.background:
         return

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import bpy
 
-from . import apply, capture, texture_views, uv_render
+from . import apply, capture, results, texture_views, uv_render
 from .conditioning import ControlSpec
 from .controller import ConnectRefused, JobContext, controller
 from .multiview import TextureBake, split_views
@@ -345,7 +345,7 @@ class ProjectionRun:
             self._end("cancelled", f"Projection cancelled: {what}")
         else:
             self._end("done", f"Projected {what}")
-        _undo_push("Latent Bridge: Project Texture")
+        results.undo_push("Latent Bridge: Project Texture")
 
     def _fail(self, text: str) -> None:
         """A stage failed (nothing is in flight then): finish from the views done, or, in the
@@ -425,15 +425,6 @@ def _fill_size(plan: Plan) -> tuple[int, int]:
 
 def _preview_name(object_name: str) -> str:
     return f"{PREVIEW_PREFIX} {object_name}"
-
-
-def _undo_push(message: str) -> None:
-    if bpy.app.background:
-        return
-    try:
-        bpy.ops.ed.undo_push(message=message)
-    except RuntimeError:
-        pass
 
 
 # ---------------------------------------------------------------------------------- the runs

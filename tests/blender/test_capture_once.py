@@ -14,23 +14,6 @@ import lb_blender  # noqa: E402
 lb_blender.bpy_or_skip()
 
 
-
-
-@pytest.fixture
-def renders():
-    """Counts the renders Blender starts (render_pre fires once per render)."""
-    import bpy
-
-    count = []
-
-    def on_render(*_args):
-        count.append(1)
-
-    bpy.app.handlers.render_pre.append(on_render)
-    yield count
-    bpy.app.handlers.render_pre.remove(on_render)
-
-
 def _decode(addon, data: bytes) -> np.ndarray:
     import bpy
 

@@ -15,20 +15,6 @@ import lb_blender  # noqa: E402
 lb_blender.bpy_or_skip()
 
 
-@pytest.fixture
-def renders():
-    import bpy
-
-    count = []
-
-    def on_render(*_args):
-        count.append(1)
-
-    bpy.app.handlers.render_pre.append(on_render)
-    yield count
-    bpy.app.handlers.render_pre.remove(on_render)
-
-
 def _mod(name):
     return importlib.import_module(f"{lb_blender.ADDON_MODULE}.{name}")
 

@@ -10,27 +10,12 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 
 import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
 from lb_server import pump  # noqa: E402
-
-
-@pytest.fixture
-def renders():
-    import bpy
-
-    count = []
-
-    def on_render(*_args):
-        count.append(1)
-
-    bpy.app.handlers.render_pre.append(on_render)
-    yield count
-    bpy.app.handlers.render_pre.remove(on_render)
 
 
 def _scene(scene, **values):
@@ -83,7 +68,7 @@ def _get(server, path):
 def test_depth_and_normal_run_on_the_server_and_come_back_packed(connected, scene, server, renders, capsys):
     import bpy
 
-    settings = _scene(scene, mode="img2img", source="RENDER", strength=0.7)
+    _scene(scene, mode="img2img", source="RENDER", strength=0.7)
     start = time.monotonic()
     assert bpy.ops.latentbridge.generate() == {"FINISHED"}
     job = _finish(connected)
