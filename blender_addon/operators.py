@@ -10,7 +10,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import animation, apply, capture, conditioning, control_ui, render_files, results, scene_capture, texture_project
+from . import animation, apply, capture, conditioning, control_ui, render_files, results, scene_capture, texture_plan, texture_project
 from .controller import ConnectRefused, controller, online_refusal, preferences
 from .properties import MODES
 
@@ -242,7 +242,7 @@ class LATENTBRIDGE_OT_regenerate(bpy.types.Operator):
         if texture_project.is_projection(image):
             try:
                 texture_project.regenerate(context, image)
-            except (texture_project.ProjectTextureError, capture.CaptureError, ConnectRefused) as exc:
+            except (texture_plan.ProjectTextureError, capture.CaptureError, ConnectRefused) as exc:
                 self.report({"ERROR"}, str(exc))
                 return {"CANCELLED"}
             self.report({"INFO"}, f"Latent Bridge: projecting {name} again from its recipe")

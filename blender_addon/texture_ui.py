@@ -14,7 +14,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import conditioning, texture_project, texture_views, uv_render, views
+from . import conditioning, texture_plan, texture_project, texture_views, uv_render, views
 from .capture import CaptureError
 from .control_ui import LATENTBRIDGE_PG_view_controls, check_server, draw_controls
 from .controller import ConnectRefused, controller, online_refusal, preferences
@@ -115,18 +115,18 @@ def _cameras(scene: bpy.types.Scene, proj: Any, objects: list[bpy.types.Object])
         return cameras, (size, size), center
     if proj.views == "ACTIVE":
         if scene.camera is None or scene.camera.type != "CAMERA":
-            raise texture_project.ProjectTextureError("The scene has no active camera (Views: Active Camera)")
+            raise texture_plan.ProjectTextureError("The scene has no active camera (Views: Active Camera)")
         objects_ = [scene.camera]
     else:
         objects_ = [item.camera for item in proj.cameras if item.camera is not None]
         if not objects_:
-            raise texture_project.ProjectTextureError("Pick the cameras to project from (Views: Picked Cameras)")
+            raise texture_plan.ProjectTextureError("Pick the cameras to project from (Views: Picked Cameras)")
     rw, rh = _render_size(scene)
     width, height = (size, _round8(size * rh / rw)) if rw >= rh else (_round8(size * rw / rh), size)
     return [uv_render.view_camera(c, width, height) for c in objects_], (width, height), center
 
 
-def build_plan(context: bpy.types.Context) -> texture_project.Plan:
+def build_plan(context: bpy.types.Context) -> texture_plan.Plan:
     """The plan of a Project Texture from the panel's settings; checks everything it can before
     any render (raises ProjectTextureError / CaptureError with the reason)."""
     scene = context.scene
@@ -134,19 +134,19 @@ def build_plan(context: bpy.types.Context) -> texture_project.Plan:
     prefs = preferences(context)
     refusal = online_refusal(prefs.server_url) if prefs is not None else ""
     if refusal:
-        raise texture_project.ProjectTextureError(refusal)
+        raise texture_plan.ProjectTextureError(refusal)
     objects = _selected_meshes(context)
     if not objects:
-        raise texture_project.ProjectTextureError("Select the mesh objects to texture first")
+        raise texture_plan.ProjectTextureError("Select the mesh objects to texture first")
     for obj in objects:
         if not obj.data.uv_layers:
             if not proj.smart_uv:
-                raise texture_project.ProjectTextureError(f"“{obj.name}” has no UV map: unwrap it, or tick Smart UV Project")
+                raise texture_plan.ProjectTextureError(f"“{obj.name}” has no UV map: unwrap it, or tick Smart UV Project")
             uv_render.smart_uv_project(obj)
     try:
         specs = proj.controls.specs(CONTROL_KINDS)
     except conditioning.ConditioningError as exc:
-        raise texture_project.ProjectTextureError(str(exc)) from None
+        raise texture_plan.ProjectTextureError(str(exc)) from None
     check_server(specs, "inpaint" if proj.consistent and not proj.grid else "txt2img")
     cameras, (width, height), center = _cameras(scene, proj, objects)
     seed = settings.next_seed()
@@ -162,7 +162,7 @@ def build_plan(context: bpy.types.Context) -> texture_project.Plan:
         rows, cols = grid_layout(len(cameras))
         gw, gh = cols * width, rows * height
         if gw > max_side or gh > max_side or gw * gh > max_pixels:
-            raise texture_project.ProjectTextureError(
+            raise texture_plan.ProjectTextureError(
                 f"The grid of {len(cameras)} views is {gw}×{gh} pixels, more than the server takes: lower the View Size")
         words = "the same object seen from several sides" if proj.direction_words else ""
         requests = [{**base, "width": gw, "height": gh, "prompt": texture_views.view_prompt(base["prompt"], words)}]
@@ -176,7 +176,7 @@ def build_plan(context: bpy.types.Context) -> texture_project.Plan:
     fill_request = {k: v for k, v in base.items() if k != "controls"}
     fill_request.update(mode="inpaint", strength=1.0, mask={"blur": 2, "invert": False}, width=fill_w, height=fill_h,
                         seed=(seed + len(cameras)) % 2**32)
-    return texture_project.Plan(
+    return texture_plan.Plan(
         objects=[o.name for o in objects], cameras=cameras, view_size=(width, height), texture_size=proj.texture_size,
         requests=requests, fill_request=fill_request, specs=specs, supersample=proj.supersample, margin=proj.margin,
         fill=proj.fill, consistent=proj.consistent, grid=proj.grid, seam_blend=proj.seam_blend, strength=proj.strength,
@@ -210,7 +210,7 @@ class LATENTBRIDGE_OT_project_texture(bpy.types.Operator):
         try:
             plan = build_plan(context)
             run = texture_project.start(context, plan)
-        except (texture_project.ProjectTextureError, CaptureError, ConnectRefused, views.ProjectionError) as exc:
+        except (texture_plan.ProjectTextureError, CaptureError, ConnectRefused, views.ProjectionError) as exc:
             self.report({"ERROR"}, str(exc))
             settings.error = str(exc)
             return {"CANCELLED"}
