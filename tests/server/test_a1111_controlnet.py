@@ -133,6 +133,23 @@ async def test_two_units_control_modes_disabled_units_and_the_flat_form(client):
     assert status == 200 and len(empty["images"]) == 1
 
 
+async def test_hires_fix_with_a_unit_controls_both_passes_at_the_final_size(client):
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)", hr_second_pass_steps=2,
+                 denoising_strength=0.5)
+    status, plain = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(**hires))
+    assert status == 200
+    status, body = await call(client, "POST", "/sdapi/v1/txt2img", with_units(unit(module="invert"), **hires))
+    assert status == 200
+    image = decode(body["images"][0])
+    assert image.size == (96, 96) == decode(plain["images"][0]).size  # 64 × 1.5
+    assert np.abs(pixels(image) - pixels(decode(plain["images"][0]))).mean() > 1  # the control changed it
+    job = await _last_job(client)
+    assert job["request"]["hires"] is not None and len(job["request"]["controls"]) == 1
+    # Reproducible: the same call, the same pixels.
+    _, again = await call(client, "POST", "/sdapi/v1/txt2img", with_units(unit(module="invert"), **hires))
+    assert np.array_equal(pixels(decode(again["images"][0])), pixels(image))
+
+
 async def test_img2img_unit_without_image_uses_the_init_image_and_ip_adapter_units_are_references(client):
     init = png_b64(gradient())
     payload = txt2img(init_images=[init], denoising_strength=0.8,
