@@ -4,6 +4,8 @@ websocket."""
 
 from __future__ import annotations
 
+import atexit
+
 import bpy
 
 from . import capture, control_ui, feedback, menus, operators, ops_server, panels, preferences, properties, session, texture_ui
@@ -16,8 +18,16 @@ _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
 )
 
 
+def _at_exit() -> None:
+    """Python is exiting (Blender quits) without unregistering the add-on: end the worker thread
+    first, as a thread alive during the teardown can crash the process (seen on Blender 4.2)."""
+    worker.stop(join_s=2.0)
+
+
 def register() -> None:
     _register_classes()
+    atexit.unregister(_at_exit)  # once, however often the add-on is enabled
+    atexit.register(_at_exit)
     properties.register()
     control_ui.register()
     texture_ui.register()
@@ -31,6 +41,7 @@ def register() -> None:
 
 
 def unregister() -> None:
+    atexit.unregister(_at_exit)
     if bpy.app.timers.is_registered(timer):
         bpy.app.timers.unregister(timer)
     if capture.note_changes in bpy.app.handlers.depsgraph_update_post:

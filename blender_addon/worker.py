@@ -6,7 +6,8 @@ The main thread hands it a plain function with plain data (`submit`) and polls t
 (a generator, see slices.py) is run slice by slice, so a cancelled task stops at the next slice
 and no slice holds the interpreter for long (numpy releases the GIL in its loops; between slices
 the main thread always gets its turn). One thread, so tasks run in the order they were given and
-never race on the same arrays. It is a daemon thread: quitting Blender never waits for it.
+never race on the same arrays. It is a daemon thread, and the add-on stops it at interpreter exit
+(`atexit`), after at most the slice it runs: quitting Blender never waits long for it.
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ class Worker:
                 return
             task._run()
 
-    def stop(self) -> None:
-        """End the thread after the task it runs; tasks still queued end cancelled."""
+    def stop(self, join_s: float = 0.0) -> None:
+        """End the thread after the task it runs; tasks still queued end cancelled. `join_s`:
+        how long to wait for it to end (at interpreter exit: a thread still alive while Python
+        and Blender tear down can crash the process)."""
         with self._lock:
             thread, tasks, self._thread = self._thread, self._queue, None
         while True:
@@ -124,6 +127,8 @@ class Worker:
                 task._run()
         if thread is not None:
             tasks.put(None)
+            if join_s > 0 and thread is not threading.current_thread():
+                thread.join(join_s)
 
 
 worker = Worker()
