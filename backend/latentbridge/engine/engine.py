@@ -21,6 +21,7 @@ from ..protocol import (
     ControlType,
     ErrorCode,
     GenerationRequest,
+    InvalidRequest,
     LatentBridgeError,
     MissingImage,
     Mode,
@@ -274,6 +275,10 @@ class Engine:
             )
         if request.clip_skip > 1 and model.family == "flux":
             raise Unsupported("clip_skip is not available for flux models (their pipelines take no clip_skip)", field="clip_skip")
+        layers = _text_encoder_layers(model.base)
+        if layers is not None and request.clip_skip > layers:
+            raise InvalidRequest(f"clip_skip {request.clip_skip} is more than the {layers} layers of this model's "
+                                 f"text encoder", field="clip_skip")
         if request.negative_prompt.strip() and model.family == "flux":
             # Flux is guidance-distilled: `guidance` drives its guidance embedding, and a negative
             # prompt would need a second (true CFG) scale the request does not carry.
@@ -417,6 +422,18 @@ def _batch_progress(on_step, index: int, count: int):
         on_step(StepUpdate(index * update.total + update.step, count * update.total, update.elapsed_s, update.preview))
 
     return report
+
+
+def _text_encoder_layers(pipe) -> int | None:
+    """The fewest hidden layers among the pipeline's CLIP text encoders (clip_skip counts from
+    their last layer), or None when it has none that say."""
+    counts = []
+    for name in ("text_encoder", "text_encoder_2"):
+        config = getattr(getattr(pipe, name, None), "config", None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(layers, int):
+            counts.append(layers)
+    return min(counts) if counts else None
 
 
 def _free_memory() -> None:
