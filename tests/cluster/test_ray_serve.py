@@ -47,6 +47,9 @@ from latentbridge.server.app import ENGINE_KEY, JOBS_KEY
 
 require_ray()
 
+# Every wait below has its own timeout; this bounds anything else (Ray's own calls) per test.
+pytestmark = pytest.mark.timeout(300)
+
 TIMEOUT = 120.0
 PLACED = re.compile(r"job (\w+) runs on engine replica (\w+) \(node \w+, pid (\d+)\)")
 
