@@ -16,7 +16,7 @@ Calls (made by cluster/runner.py and cluster/view.py):
     run(payload)   streaming; payload {job_id, request, inputs: {role: png}}. Yields dicts with
                    a `kind`: `replica` (where the job runs: replica, node, pid, package, version), then
                    `started`, `progress` {step, total, eta_s}, `preview` {frame}, and one final
-                   item: `done` {output: JobOutput, status}, `error` {error: ErrorEvent} or
+                   item: `done` {output: JobOutput}, `error` {error: ErrorEvent} or
                    `cancelled`. Engine errors travel as items, never as exceptions.
     info()         what the front-end reports as capabilities, for the call's model (snapshot()).
     load()         load the call's model; its snapshot, or {error}.
@@ -47,7 +47,7 @@ FINAL_KINDS = ("done", "error", "cancelled")
 
 
 class EngineReplica:
-    def __init__(self, settings: dict[str, Any]):
+    async def __init__(self, settings: dict[str, Any]):
         from .. import __file__ as package_file
         from .. import __version__
         from ..engine import Engine
@@ -59,7 +59,9 @@ class EngineReplica:
         self.where = {"replica": context.replica_id.unique_id, "node": ray.get_runtime_context().get_node_id(),
                       "pid": os.getpid(), "package": os.path.dirname(package_file), "version": __version__}
         try:
-            self.engine.load()  # the configured model, before Serve counts this replica as running
+            # The configured model, before Serve counts this replica as running, through the
+            # multiplexed loader: Serve then routes jobs for that model here from the first one on.
+            await self._model(self.settings.model)
         except LatentBridgeError as exc:  # the status says failed, with the reason; another model may still load
             log.error("replica %s: model load failed: %s", self.where["replica"], exc.message)
 
@@ -120,7 +122,7 @@ class EngineReplica:
                                     lambda frame: put({"kind": "preview", "frame": frame}))
             result = self.engine.generate(request, init_image=inputs.pop("init", None), mask=inputs.pop("mask", None),
                                           on_step=on_step, cancel=cancel, inputs=inputs)
-            put({"kind": "done", "output": encode_output(result), "status": self.engine.status})
+            put({"kind": "done", "output": encode_output(result)})
         except Cancelled:
             put({"kind": "cancelled"})
         except LatentBridgeError as exc:

@@ -128,8 +128,17 @@ class ClusterRunner:
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
         """`fn` calls the view (ClusterEngine.upscale), which sends the work to a replica; Serve
-        gives each replica one call at a time."""
-        return await asyncio.to_thread(fn)
+        gives each replica one call at a time. Ray's errors come out typed, as a job's do."""
+        try:
+            return await asyncio.to_thread(fn)
+        except (LatentBridgeError, Cancelled):
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray's errors, sorted into typed ones
+            error = _translate(exc)
+            if isinstance(error, ReplicaLost):
+                raise LatentBridgeError(f"the engine replica doing this stopped ({error}); try again",
+                                        code=ErrorCode.worker_lost) from None
+            raise error from None
 
     # ---------------------------------------------------------------- jobs
 
@@ -186,9 +195,7 @@ class ClusterRunner:
                 elif kind == "preview":
                     events.preview(item["frame"])
                 elif kind == "done":
-                    output: JobOutput = item["output"]
-                    output.extra["status"] = item["status"]
-                    return output
+                    return item["output"]
                 elif kind == "error":
                     error = item["error"]
                     raise LatentBridgeError(error.message, field=error.field, code=error.code)

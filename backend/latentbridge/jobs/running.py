@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import images
@@ -32,7 +32,6 @@ class JobOutput:
     pngs: list[bytes]
     seeds: list[int]
     sizes: list[list[int]]
-    extra: dict[str, Any] = field(default_factory=dict)  # runner-specific (e.g. the replica's model status)
 
 
 def encode_output(result: Any) -> JobOutput:
