@@ -4,12 +4,13 @@ A local Ray instance on this machine (CPU replicas of the tiny model, 1 CPU each
 front-end (`create_cluster_app` + `serve()`, as `latentbridge serve --ray` runs it) and the real
 single-machine server, both driven over the websocket by the Python SDK. Printed, from one run:
 
-- throughput: `--jobs` tiny jobs submitted at once, with 1 and with 2 replicas (jobs/s and ratio);
-- overhead: one job at a time (`--repeats` of them, median latency from submit to the last
-  result), through Ray with one replica vs the single-machine server with the same torch thread
-  count as a 1-CPU replica (ratio, and the difference in ms).
+- throughput: `--jobs` tiny jobs submitted at once, with 1 and with 2 replicas (jobs/s, median
+  of `--rounds` batches each, taken in turns; and the ratio);
+- overhead: one job at a time (`--repeats` of them, in turns, median latency from submit to the
+  last result), through Ray with one replica vs the single-machine server with the same torch
+  thread count as a 1-CPU replica (ratio, and the difference in ms).
 
-    PYTHONPATH=backend python bench/bench_ray.py [--jobs 50] [--steps 4] [--size 64] [--repeats 15]
+    PYTHONPATH=backend python bench/bench_ray.py [--jobs 50] [--steps 4] [--size 64] [--repeats 15] [--rounds 3]
 
 The ratios depend on the cores free: on a 2-core machine, 2 replicas can at best double a 1-CPU
 replica's throughput, less whatever the front-end and Ray's own processes take.
@@ -76,70 +77,65 @@ def request(args: argparse.Namespace, seed: int) -> GenerationRequest:
                              seed=seed, guidance=1.0)
 
 
-async def throughput(url: str, args: argparse.Namespace) -> float:
-    """Jobs per second for `args.jobs` jobs submitted at once (after one warm-up job)."""
-    async with AsyncClient(url) as client:
-        await asyncio.wait_for(client.generate(request(args, 0)), 300)
-        began = time.perf_counter()
-        jobs = [await client.submit(request(args, seed)) for seed in range(args.jobs)]
-        await asyncio.wait_for(asyncio.gather(*(job.wait() for job in jobs)), 1800)
-        return args.jobs / (time.perf_counter() - began)
+async def batch(client: AsyncClient, args: argparse.Namespace) -> float:
+    """Jobs per second for `args.jobs` jobs submitted at once."""
+    began = time.perf_counter()
+    jobs = [await client.submit(request(args, seed)) for seed in range(args.jobs)]
+    await asyncio.wait_for(asyncio.gather(*(job.wait() for job in jobs)), 1800)
+    return args.jobs / (time.perf_counter() - began)
 
 
-async def latency(url: str, args: argparse.Namespace) -> float:
-    """Median seconds from submit to the last result, one job at a time (after two warm-ups)."""
-    async with AsyncClient(url) as client:
-        times = []
-        for seed in range(args.repeats + 2):
-            began = time.perf_counter()
-            await asyncio.wait_for(client.generate(request(args, seed)), 300)
-            times.append(time.perf_counter() - began)
-        return statistics.median(times[2:])
+async def one_job(client: AsyncClient, args: argparse.Namespace, seed: int) -> float:
+    """Seconds from submit to the last result of one job."""
+    began = time.perf_counter()
+    await asyncio.wait_for(client.generate(request(args, seed)), 300)
+    return time.perf_counter() - began
 
 
-async def on_ray(data: Path, replicas: int, args: argparse.Namespace, measure) -> float:
+async def main_async(args: argparse.Namespace, data: Path) -> None:
+    import torch
     from ray import serve
 
     from latentbridge.cluster import create_cluster_app
     from latentbridge.cluster.deploy import engine_app
-
-    settings = settings_for(data / f"ray-{replicas}", replicas)
-    handle = serve.run(engine_app(settings), name=settings.ray_app, route_prefix=None)
-    try:
-        async with server(settings, create_cluster_app(settings, handle=handle)) as url:
-            return await measure(url, args)
-    finally:
-        serve.delete(settings.ray_app)
-
-
-async def single_machine(data: Path, args: argparse.Namespace, measure) -> float:
-    import torch
-
     from latentbridge.server.app import create_app
 
-    settings = settings_for(data / "local", ray=None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what a 1-CPU Ray replica gets (Ray sets OMP_NUM_THREADS=1)
-    try:
-        async with server(settings, create_app(settings)) as url:
-            return await measure(url, args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-async def main_async(args: argparse.Namespace, data: Path) -> None:
     print(f"{args.jobs} jobs of {args.steps} steps at {args.size} px, tiny model, CPU replicas (1 CPU each), "
-          f"{os.cpu_count()} cores", flush=True)
-    one = await on_ray(data, 1, args, throughput)
-    two = await on_ray(data, 2, args, throughput)
-    print(f"throughput, 1 replica : {one:6.2f} jobs/s")
-    print(f"throughput, 2 replicas: {two:6.2f} jobs/s")
-    print(f"throughput ratio 2/1 replicas: {two / one:.2f}", flush=True)
-    through_ray = await on_ray(data, 1, args, latency)
-    local = await single_machine(data, args, latency)
-    print(f"one job, single-machine server: {local * 1000:7.1f} ms (median of {args.repeats})")
-    print(f"one job, through Ray (1 replica): {through_ray * 1000:7.1f} ms (median of {args.repeats})")
-    print(f"overhead ratio Ray/single-machine: {through_ray / local:.2f} (+{(through_ray - local) * 1000:.1f} ms)")
+          f"{os.cpu_count()} cores; {args.rounds} alternating rounds", flush=True)
+    # Everything up at once, measured in turns: load on the machine that drifts during the run
+    # weighs on each side alike. Idle replicas and servers cost next to nothing.
+    ray_settings = {n: settings_for(data / f"ray-{n}", n) for n in (1, 2)}
+    handles = {n: serve.run(engine_app(s), name=s.ray_app, route_prefix=None) for n, s in ray_settings.items()}
+    local_settings = settings_for(data / "local", ray=None)
+    torch.set_num_threads(1)  # the single-machine engine gets what a 1-CPU Ray replica gets (OMP_NUM_THREADS=1)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = {n: await stack.enter_async_context(server(s, create_cluster_app(s, handle=handles[n])))
+                    for n, s in ray_settings.items()}
+            urls["local"] = await stack.enter_async_context(server(local_settings, create_app(local_settings)))
+            clients = {key: await stack.enter_async_context(AsyncClient(url)) for key, url in urls.items()}
+            for client in clients.values():  # warm-up: every replica and the local engine ran a job
+                await asyncio.gather(*(one_job(client, args, seed) for seed in range(2)))
+            rates: dict[int, list[float]] = {1: [], 2: []}
+            for _ in range(args.rounds):
+                for n in (1, 2):
+                    rates[n].append(await batch(clients[n], args))
+            one, two = statistics.median(rates[1]), statistics.median(rates[2])
+            print(f"throughput, 1 replica : {one:6.2f} jobs/s (median of {args.rounds} rounds)")
+            print(f"throughput, 2 replicas: {two:6.2f} jobs/s (median of {args.rounds} rounds)")
+            print(f"throughput ratio 2/1 replicas: {two / one:.2f}", flush=True)
+            times: dict[Any, list[float]] = {1: [], "local": []}
+            for seed in range(args.repeats):
+                for key in (1, "local"):
+                    times[key].append(await one_job(clients[key], args, seed))
+            local, through_ray = statistics.median(times["local"]), statistics.median(times[1])
+            print(f"one job, single-machine server: {local * 1000:7.1f} ms (median of {args.repeats})")
+            print(f"one job, through Ray (1 replica): {through_ray * 1000:7.1f} ms (median of {args.repeats})")
+            print(f"overhead ratio Ray/single-machine: {through_ray / local:.2f} "
+                  f"({(through_ray - local) * 1000:+.1f} ms)")
+    finally:
+        for s in ray_settings.values():
+            serve.delete(s.ray_app)
 
 
 def main() -> None:
@@ -148,15 +144,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--cpus", type=int, default=max(2, os.cpu_count() or 2),
-                        help="logical CPUs of the local Ray instance")
+    parser.add_argument("--rounds", type=int, default=3, help="batches per replica count, taken in turns")
     args = parser.parse_args()
     import ray
     from ray import serve
 
     temp = tempfile.mkdtemp(prefix="lbray-")  # Ray's socket paths must stay short
     package = str(Path(latentbridge.__file__).resolve().parents[1])
-    ray.init(num_cpus=args.cpus, num_gpus=0, include_dashboard=False, logging_level="WARNING", _temp_dir=temp,
+    # Logical CPUs for the three 1-CPU replicas (the 1- and 2-replica deployments stand side by side).
+    ray.init(num_cpus=3, num_gpus=0, include_dashboard=False, logging_level="WARNING", _temp_dir=temp,
              runtime_env={"env_vars": {"PYTHONPATH": package, "HF_HUB_OFFLINE": "1",
                                        "TRANSFORMERS_VERBOSITY": "error"}})
     serve.start(proxy_location="Disabled")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -88,3 +91,17 @@ def test_serve_with_ray_but_without_ray_installed_is_refused(monkeypatch):
     monkeypatch.setattr(serve_module.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(StartupRefused, match=r"pip install 'latentbridge\[ray\]'"):
         serve_module.run(Settings(ray="local", model="tiny"))
+
+
+def test_the_front_end_imports_neither_torch_nor_ray_until_it_connects(tmp_path):
+    """The front-end process stays light: torch lives in the replicas, Ray loads when it connects."""
+    backend = Path(__file__).resolve().parents[2] / "backend"
+    code = ("import sys\n"
+            "from latentbridge.settings import Settings\n"
+            "from latentbridge.cluster import create_cluster_app\n"
+            f"create_cluster_app(Settings(ray='local', model='tiny', data_dir={str(tmp_path)!r}))\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'ray') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(backend), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
