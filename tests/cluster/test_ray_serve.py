@@ -204,6 +204,24 @@ async def _drain(sub):
     return [item async for item in sub]
 
 
+async def until_serve_knows(handle, holder: str, model: str, other: str) -> None:
+    """Until Serve routes `model` to `holder` and `other` elsewhere. Replicas report the models
+    they hold every 0.1 s and the controller passes that on to the routers: on a loaded machine
+    that takes a moment, during which Serve routes by load alone. Probed with `describe` (loads
+    nothing) several times in a row, as a probe lands on the right replica by chance half the time."""
+    deadline, streak = time.monotonic() + 60, 0
+    while streak < 5:
+        assert time.monotonic() < deadline, f"Serve never learnt that replica {holder} holds {model}"
+        here = (await routed_to(handle, model))["replica"]
+        there = (await routed_to(handle, other))["replica"]
+        streak = streak + 1 if (here == holder and there != holder) else 0
+        await asyncio.sleep(0.05)
+
+
+async def routed_to(handle, model: str) -> dict:
+    return await asyncio.wait_for(handle.options(multiplexed_model_id=model).describe.remote(), TIMEOUT)
+
+
 async def test_jobs_go_to_a_replica_that_has_their_model(replicas, tmp_path, log_placements):
     settings = cluster_settings(tmp_path)
     async with frontend(settings, replicas) as (url, app):
@@ -211,6 +229,7 @@ async def test_jobs_go_to_a_replica_that_has_their_model(replicas, tmp_path, log
             first = await client.submit(request(model="tiny-inpaint"))
             await asyncio.wait_for(first.wait(), TIMEOUT)
             holder = placements(log_placements, first.job_id)[0][0]
+            await until_serve_knows(replicas, holder, "tiny-inpaint", other="tiny")
             for seed in (1, 2, 3):
                 again = await client.submit(request(model="tiny-inpaint", seed=seed))
                 await asyncio.wait_for(again.wait(), TIMEOUT)

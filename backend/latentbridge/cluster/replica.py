@@ -19,6 +19,8 @@ Calls (made by cluster/runner.py and cluster/view.py):
                    item: `done` {output: JobOutput}, `error` {error: ErrorEvent} or
                    `cancelled`. Engine errors travel as items, never as exceptions.
     info()         what the front-end reports as capabilities, for the call's model (snapshot()).
+    describe()     where this replica runs and the model it holds, loading nothing (diagnostics:
+                   also where Serve routes a model's calls at the moment).
     load()         load the call's model; its snapshot, or {error}.
     upscale(...)   one image through an upscaler; {png} or {error}.
 """
@@ -142,6 +144,9 @@ class EngineReplica:
         except LatentBridgeError:
             pass  # the snapshot's status says failed, with the reason
         return await self._in_engine_thread(self.snapshot)
+
+    async def describe(self) -> dict[str, Any]:
+        return {**self.where, "model": self.engine.status.name}
 
     async def load(self) -> dict[str, Any]:
         try:
