@@ -17,3 +17,22 @@ os.environ["XDG_CONFIG_HOME"] = os.path.join(_home, "config")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_home, "cache")
 os.environ["XDG_DATA_HOME"] = os.path.join(_home, "data")
 os.environ["HF_HOME"] = os.path.join(_home, "hf")
+
+
+import pytest  # noqa: E402 (after the environment above)
+
+
+@pytest.fixture
+def renders():
+    """Counts the renders Blender starts (render_pre fires once per render): for the add-on's
+    one-render-per-Generate rules."""
+    import bpy
+
+    count = []
+
+    def on_render(*_args):
+        count.append(1)
+
+    bpy.app.handlers.render_pre.append(on_render)
+    yield count
+    bpy.app.handlers.render_pre.remove(on_render)

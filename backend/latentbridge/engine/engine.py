@@ -36,7 +36,7 @@ from ..protocol import (
 from .. import images as images_module
 from ..protocol import LATENT_UPSCALERS
 from ..settings import Settings
-from . import control, embeddings, models, preprocess, samplers, tiny_control, upscale, vae
+from . import control, embeddings, models, preprocess, reference, samplers, tiny_control, upscale, vae
 from .estimators import EstimatorCache
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
 from .lora import applied_loras
@@ -60,6 +60,7 @@ class Engine:
         self._model: models.LoadedModel | None = None
         self._taesd = None
         self._controlnets = control.ControlNetCache(settings, local=local)
+        self._references = reference.AdapterCache(settings, local=local)
         self._estimators = EstimatorCache(settings)
         self._lock = threading.Lock()
         self._status = ModelStatus(name=settings.model, state=ModelState.loading)
@@ -110,10 +111,19 @@ class Engine:
             "control_modes": sorted(control.CONTROL_MODES.get(family, set()), key=list(Mode).index),
             "controlnets": names,
             "preprocessors": self.preprocessor_names(),
+            "reference": reference.available(self._model, self.settings),
         }
 
     def preprocessor_names(self) -> list[str]:
         return preprocess.available(self.settings)
+
+    def preprocess(self, name: str, image: Image.Image, options: dict | None = None, *, field: str = "preprocessor",
+                   options_field: str | None = None) -> Image.Image:
+        """Preprocessor `name` on `image` with this engine's depth estimator (a control map, as a unit
+        would get it). Blocking; one that needs the estimator runs on the worker thread."""
+        with torch.inference_mode():
+            return preprocess.preprocess(name, image, options=options, estimators=self._estimators, field=field,
+                                         options_field=options_field)
 
     @property
     def model(self) -> models.LoadedModel | None:
@@ -211,6 +221,7 @@ class Engine:
         model = self._model
         self._check_supported(model, request)
         control_run = self._control_run(model, request, inputs)
+        reference_run = reference.resolve(self._references, model, request, inputs)
 
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
@@ -240,6 +251,7 @@ class Engine:
                         cancel=cancel,
                         tile_vae=tile_vae,
                         control=control_run,
+                        reference=reference_run,
                         upscale=functools.partial(self._upscale_for_run, model, request.seamless, cancel),
                     )
                     with torch.inference_mode():
