@@ -24,6 +24,8 @@ import socket
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -260,6 +262,18 @@ async def test_the_other_public_apis_and_the_page_through_ray(replicas, tmp_path
                 assert response.status == 200, await response.text()
                 upscaled = base64.b64decode((await response.json())["image"])
             assert Image.open(io.BytesIO(upscaled)).size == (128, 128)
+            # A preprocessor (the ControlNet extension's detect) runs on a replica too: the same
+            # map OpenCV makes here.
+            source = Image.open(io.BytesIO(png)).convert("RGB")
+            async with http.post("/controlnet/detect", json={
+                    "controlnet_module": "canny", "controlnet_input_images": [a1111["images"][0]],
+                    "controlnet_processor_res": 64, "controlnet_threshold_a": 40, "controlnet_threshold_b": 120}) as response:
+                assert response.status == 200, await response.text()
+                detected = base64.b64decode((await response.json())["images"][0])
+            edges = np.asarray(Image.open(io.BytesIO(detected)).convert("RGB"))[..., 0]
+            assert np.array_equal(edges, cv2.Canny(np.asarray(source), 40, 120))
+            async with http.post("/controlnet/detect", json={"controlnet_module": "canny"}) as response:
+                assert response.status == 422 and (await response.json())["field"] == "controlnet_input_images"
             async with http.post("/v1/images/generations",
                                  json={"prompt": "bronze", "size": "256x256", "response_format": "b64_json"}) as response:
                 assert response.status == 200, await response.text()

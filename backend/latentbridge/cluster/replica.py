@@ -23,6 +23,7 @@ Calls (made by cluster/runner.py and cluster/view.py):
                    also where Serve routes a model's calls at the moment).
     load()         load the call's model; its snapshot, or {error}.
     upscale(...)   one image through an upscaler; {png} or {error}.
+    preprocess(...) one image through a preprocessor (a control map); {png} or {error}.
 """
 
 from __future__ import annotations
@@ -171,6 +172,19 @@ class EngineReplica:
             "memory": engine.memory(),
             "where": self.where,
         }
+
+    async def preprocess(self, png: bytes, name: str, options: dict | None, field: str,
+                         options_field: str | None) -> dict[str, Any]:
+        return await self._in_engine_thread(self._preprocess, png, name, options, field, options_field)
+
+    def _preprocess(self, png: bytes, name: str, options: dict | None, field: str,
+                    options_field: str | None) -> dict[str, Any]:
+        try:
+            out = self.engine.preprocess(name, images.decode_image(png), options, field=field,
+                                         options_field=options_field)
+        except LatentBridgeError as exc:
+            return {"error": exc.to_event()}
+        return {"png": images.encode_png(out)}
 
     async def upscale(self, png: bytes, upscaler: str, size: tuple[int, int], seamless: str, tile: int,
                       overlap: int) -> dict[str, Any]:

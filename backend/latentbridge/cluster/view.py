@@ -1,7 +1,7 @@
 """The engine as the server sees it when the engines are Ray Serve replicas.
 
 The server reads "the engine" for its state and capabilities (status, samplers, seamless axes,
-control types, upscaler/VAE/embedding listings, memory) and runs upscales on it. Here those come
+control types, upscaler/VAE/embedding listings, memory) and runs upscales and preprocessors on it. Here those come
 from a snapshot that a replica holding the server's current model reports (replica.snapshot),
 taken when the replicas are first up and after each model switch; an upscale is one call to a
 replica. No torch: the front-end process never imports it.
@@ -94,10 +94,21 @@ class ClusterEngine:
                 tile: int = 192, overlap: int = 8, cancel: threading.Event | None = None) -> Image.Image:
         """One image through an upscaler on a replica. Blocking: call it from a worker thread
         (JobManager.run_exclusive); `cancel` stops the call."""
+        return self._on_replica("upscale", images.encode_png(image), upscaler, tuple(size), Seamless(seamless).value,
+                                tile, overlap, cancel=cancel)
+
+    def preprocess(self, name: str, image: Image.Image, options: dict | None = None, *, field: str = "preprocessor",
+                   options_field: str | None = None) -> Image.Image:
+        """Preprocessor `name` on `image` on a replica (with its depth estimator), as
+        `Engine.preprocess` does. Blocking: call it from a worker thread."""
+        return self._on_replica("preprocess", images.encode_png(image), name, options, field, options_field)
+
+    def _on_replica(self, method: str, *args: Any, cancel: threading.Event | None = None) -> Image.Image:
+        """Call `method` on a replica holding the current model; its {png} back as an image, its
+        {error} raised as the typed error it is."""
         if self.handle is None:
             raise self.unavailable()
-        response = self.handle.options(multiplexed_model_id=self.current_model).upscale.remote(
-            images.encode_png(image), upscaler, tuple(size), Seamless(seamless).value, tile, overlap)
+        response = getattr(self.handle.options(multiplexed_model_id=self.current_model), method).remote(*args)
         while True:
             try:
                 answer = response.result(timeout_s=0.1)
