@@ -405,6 +405,7 @@ class ErrorCode(str, Enum):
     out_of_memory = "out_of_memory"
     timeout = "timeout"
     interrupted = "interrupted"  # the server stopped before the job finished (see JobState.interrupted)
+    worker_lost = "worker_lost"  # the engine replica running the job died, and so did the one it was retried on
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     internal = "internal"

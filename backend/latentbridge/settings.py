@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .protocol import DEFAULT_PORT, MAX_BATCH, MAX_SIDE, MAX_STEPS
 
@@ -102,6 +102,25 @@ class Settings(BaseModel):
                                         "a submit, all connections together (bytes)")
     upload_ttl_s: float = Field(300.0, gt=0, description="A websocket upload not used by a submit within "
                                 "this time is dropped")
+
+    # --- scale-out on Ray Serve (docs/ray.md) ---
+    ray: str | None = Field(None, description="Run the engine as Ray Serve replicas behind this server: a Ray "
+                            "cluster address (auto, HOST:PORT) or `local` (start Ray on this machine); unset: the "
+                            "engine runs in this process")
+    ray_min_replicas: int = Field(1, ge=0, description="Engine replicas kept running (autoscaling lower bound)")
+    ray_max_replicas: int = Field(1, ge=1, description="Engine replicas at most (autoscaling upper bound; equal "
+                                  "to --ray-min-replicas: a fixed number)")
+    ray_gpus_per_replica: float = Field(1.0, ge=0, description="GPUs each engine replica reserves (0: CPU replicas)")
+    ray_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each engine replica reserves")
+    ray_app: str = Field("latentbridge", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="Name of the Ray Serve application holding the engine replicas")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "Settings":
+        if self.ray_max_replicas < self.ray_min_replicas:
+            raise ValueError(f"ray_max_replicas ({self.ray_max_replicas}) is below ray_min_replicas "
+                             f"({self.ray_min_replicas})")
+        return self
 
     def engine_view(self) -> dict[str, Any]:
         return self.model_dump(include={"model", "device", "dtype"})

@@ -38,16 +38,16 @@ def pause_at(point: str) -> None:
 def install() -> None:
     from latentbridge import store
     from latentbridge.engine import Engine
-    from latentbridge.jobs import manager
     from latentbridge.jobs.job import Job
+    from latentbridge.jobs.local import LocalRunner
 
-    real_generate_job = manager.JobManager._generate
+    real_generate_job = LocalRunner._generate
 
-    def generate_job(self, job):
+    def generate_job(self, job, events):
         pause_at("started")
-        return real_generate_job(self, job)
+        return real_generate_job(self, job, events)
 
-    manager.JobManager._generate = generate_job
+    LocalRunner._generate = generate_job
 
     real_generate = Engine.generate
 

@@ -142,14 +142,28 @@ def check_limits(request: GenerationRequest, settings: Settings, inputs: dict[st
 
 def load_inputs(job: Job, store: Any) -> None:
     """The stored inputs of a resumed job, decoded again (they were stored losslessly as PNG)."""
-    for role in job.input_roles:
-        if role in job.inputs:
-            continue
+    missing = [role for role in job.input_roles if role not in job.inputs]
+    job.inputs.update(decode_inputs(stored_inputs(job, store, missing)))
+
+
+def stored_inputs(job: Job, store: Any, roles: list[str] | None = None) -> dict[str, bytes]:
+    """The journaled PNGs of a job's inputs by role (all of them unless `roles` narrows it)."""
+    out = {}
+    for role in job.input_roles if roles is None else roles:
         data = store.input_png(job.id, role)
         if data is None:
             raise BadImage(f"the stored {role} image of job {job.id} is missing", field=role)
+        out[role] = data
+    return out
+
+
+def decode_inputs(pngs: dict[str, bytes]) -> dict[str, Image.Image]:
+    """Journaled input PNGs back to images (a mask as its single channel)."""
+    decoded = {}
+    for role, data in pngs.items():
         image = images.decode_image(data)
-        job.inputs[role] = images.mask_channel(image) if role == "mask" else image
+        decoded[role] = images.mask_channel(image) if role == "mask" else image
+    return decoded
 
 
 def result_events(job_id: str, request: GenerationRequest, seeds: list[int], sizes: list[list[int]]) -> list[ResultEvent]:

@@ -1,10 +1,12 @@
 """The job queue: journal on accept, priorities, fairness, cancel, event fan-out, crash recovery.
 
 Queue bookkeeping (submit, cancel, picking the next job, fan-out to subscribers) happens on the
-event loop; disk writes of the journal go to threads, never the loop. The engine runs on a single
-dedicated worker thread (the engine is not thread-safe and owns one device); it hands events back
-with `loop.call_soon_threadsafe`. Knows nothing of torch or HTTP: it talks to the engine only
-through `Engine.load` / `Engine.generate` / `.status`.
+event loop; disk writes of the journal go to threads, never the loop. A runner runs the
+generations: by default `LocalRunner` (jobs/local.py: the engine on one dedicated worker thread,
+one job at a time); with Ray, `cluster.runner.ClusterRunner` (one job per engine replica, several
+at once). The queue hands a job to the runner when it has a free slot (`runner.capacity`), so
+priorities and fairness decide the order in both. Knows nothing of torch or HTTP; of the engine it
+reads only `.status`.
 
 A job is journaled (store.journal) before `submit` returns, so an accepted job survives a crash:
 on start-up the queued and running jobs of the journal are queued again under their ids (same
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import itertools
 import logging
 import secrets
@@ -38,13 +39,13 @@ from ..protocol import (
     JobState,
     LatentBridgeError,
     ModelState,
-    ProgressEvent,
-    StartedEvent,
     StatusEvent,
 )
 from ..settings import Settings
 from ..store import ResultStore
-from .job import Job, check_limits, load_inputs, result_events
+from .job import Job, check_limits, result_events
+from .local import LocalRunner
+from .running import JobEvents, JobOutput, Runner
 from .subscription import PreviewFrame, Subscription
 
 log = logging.getLogger("latentbridge.jobs")
@@ -55,24 +56,24 @@ MAX_RESUMES = 3  # a job the server stopped during this many times is not tried 
 
 
 class JobManager:
-    def __init__(self, engine: Any, store: ResultStore, settings: Settings):
+    def __init__(self, engine: Any, store: ResultStore, settings: Settings, runner: Runner | None = None):
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.runner: Runner = runner if runner is not None else LocalRunner(engine, settings, store)
         self._pending: list[Job] = []
         self._live: dict[str, Job] = {}  # queued, running and recently finished jobs
+        self._running: dict[str, Job] = {}  # handed to the runner, in the order they started
+        self._tasks: set[asyncio.Task] = set()
         self._recent: collections.deque[str] = collections.deque()
         self._seq = itertools.count()
         self._served: dict[str, int] = {}  # owner → sequence number of its last started job
         self._served_seq = itertools.count(1)
         self._journaling = 0  # submits writing their journal entry (they hold a queue slot)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentbridge-gpu")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._load_future: asyncio.Future | None = None
         self._accepting = False
-        self.current_job: Job | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=20)
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,7 +87,7 @@ class JobManager:
             self._pending.append(job)
             self._live[job.id] = job
         self._accepting = True
-        self._load_future = self._loop.run_in_executor(self._executor, self._load_model, None)
+        await self.runner.start()
         self._worker = asyncio.create_task(self._run(), name="latentbridge-jobs")
 
     def _recover(self) -> list[Job]:
@@ -114,42 +115,31 @@ class JobManager:
                      job.owner, job.resumed + 1)
         return recovered
 
-    def _load_model(self, model: str | None) -> None:
-        try:
-            self.engine.load(model)
-        except LatentBridgeError as exc:
-            log.error("model load failed: %s", exc.message)
-        except Exception:  # noqa: BLE001 - reported through engine.status, the server stays up
-            log.exception("model load failed")
-
     async def load_model(self, model: str | None, requested_by: str = "local") -> None:
-        """Load another model on the worker thread (after the running job). Raises its error; the
+        """Load another model (after the running job, on this machine). Raises its error; the
         model that served before keeps serving then."""
-        assert self._loop is not None
         log.info("model switch to %s requested by %s", model, requested_by)
-        await self._loop.run_in_executor(self._executor, self.engine.load, model)
+        await self.runner.load_model(model)
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run an engine task that is not a generation (upscaling an image) on the worker thread,
+        """Run an engine task that is not a generation (upscaling an image) where the engine runs,
         after the running job: the engine and its device serve one thing at a time. Raises its error."""
-        assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, fn)
+        return await self.runner.run_exclusive(fn)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop accepting and stop the running job; queued and running jobs stay in the journal
+        """Stop accepting and stop the running jobs; queued and running jobs stay in the journal
         (unfinished), so a restart runs them again. Subscribers hear `interrupted`."""
         self._accepting = False
-        job = self.current_job
-        if job is not None:
+        for job in list(self._running.values()):
             job.interrupted = True
-            job.cancel_event.set()
+            self._stop_job(job)
         if self._worker is not None:
             self._worker.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drain()), timeout_s)
             except asyncio.TimeoutError:
                 log.warning("the running job did not stop within %.0f s", timeout_s)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.runner.stop()
         resumes = "it runs again when the server restarts" if self.settings.resume_jobs else "it will not run again"
         for job in list(self._pending):
             self._emit(job, ErrorEvent(job_id=job.id, code=ErrorCode.interrupted,
@@ -160,11 +150,10 @@ class JobManager:
         log.info("job queue stopped (%d queued job(s) kept in the journal)", len(self._pending))
 
     async def _drain(self) -> None:
-        """Wait until the worker thread is idle (the running job has ended and been recorded)."""
-        assert self._loop is not None
-        await self._loop.run_in_executor(self._executor, lambda: None)
-        while self.current_job is not None:
-            await asyncio.sleep(0.01)
+        """Wait until the running jobs have ended and been recorded and the runner is idle."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runner.drain()
 
     # ------------------------------------------------------------------ submitting
 
@@ -175,6 +164,15 @@ class JobManager:
     @property
     def queue_length(self) -> int:
         return len(self._pending)
+
+    @property
+    def current_job(self) -> Job | None:
+        """The running job that started first (None when nothing runs)."""
+        return next(iter(self._running.values()), None)
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return list(self._running.values())
 
     def retry_after_s(self) -> int:
         """A guess of when a queue slot frees up, for Retry-After."""
@@ -288,7 +286,7 @@ class JobManager:
             self._finish(job, CancelledEvent(job_id=job.id))
             log.info("job %s cancelled while queued", job.id, extra={"job_id": job.id, "event": "cancelled"})
         else:
-            job.cancel_event.set()  # the worker stops at the next step and reports `cancelled`
+            self._stop_job(job)  # the runner stops it at the next step; it reports `cancelled`
         await asyncio.to_thread(self.store.save_record, job.record())
         return True
 
@@ -332,8 +330,7 @@ class JobManager:
             sub.push_preview(frame)
 
     def _finish(self, job: Job, final: Any) -> None:
-        if self.current_job is job:
-            self.current_job = None  # nothing runs any more, even before the worker loop resumes
+        self._release(job)
         self._emit(job, final)
         job.subscribers.clear()
         job.inputs = {}  # they are on disk; free the memory
@@ -344,59 +341,57 @@ class JobManager:
     # ------------------------------------------------------------------ the worker
 
     async def _run(self) -> None:
-        assert self._wake is not None and self._loop is not None and self._load_future is not None
-        await self._load_future
+        """Hand the next job (priority, then fairness) to the runner whenever it has a free slot."""
+        assert self._wake is not None
+        await self.runner.ready()
         while True:
-            while not self._pending:
+            while not self._pending or len(self._running) >= self.runner.capacity:
                 self._wake.clear()
                 await self._wake.wait()
             job = self._ordered_pending()[0]
             self._pending.remove(job)
             self._served[job.owner] = next(self._served_seq)
-            self.current_job = job
+            self._running[job.id] = job
             job.state = JobState.running
             job.started_at = time.time()
-            timer = self._loop.call_later(self.settings.job_timeout_s, self._time_out, job)
-            try:
-                await asyncio.shield(self._loop.run_in_executor(self._executor, self._execute, job))
-            except asyncio.CancelledError:
-                # Shutting down: the job was told to stop; wait for the thread to finish it.
-                job.cancel_event.set()
-                await self._loop.run_in_executor(self._executor, lambda: None)
-                self.current_job = None
-                raise
-            finally:
-                timer.cancel()
-            self.current_job = None
+            task = asyncio.create_task(self._execute(job), name=f"latentbridge-job-{job.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _release(self, job: Job) -> None:
+        """The job no longer holds a runner slot: the next one may start."""
+        if self._running.pop(job.id, None) is not None and self._wake is not None:
+            self._wake.set()
+
+    def _stop_job(self, job: Job) -> None:
+        job.cancel_event.set()
+        self.runner.cancel(job)
 
     def _time_out(self, job: Job) -> None:
         if job.state is JobState.running:
             job.timed_out = True
-            job.cancel_event.set()
+            self._stop_job(job)
 
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run `fn(*args)` on the event loop (from the worker thread)."""
+    async def _execute(self, job: Job) -> None:
+        """Run one job through the runner, store its results, report. Never raises."""
         assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed during shutdown
-            pass
-
-    def _execute(self, job: Job) -> None:
-        """Runs on the worker thread: generate, write results, report. Never raises."""
         final: Any
         started = time.monotonic()
+        events = JobEvents(self, job)
+        timer = self._loop.call_later(self.settings.job_timeout_s, self._time_out, job)
         try:
-            self.store.save_record(job.record())  # running
+            await asyncio.to_thread(self.store.save_record, job.record())  # running
             log.info("job %s started: %s, client %s", job.id, job.describe(), job.owner,
                      extra={"job_id": job.id, "client": job.owner, "event": "started"})
-            final = self._generate(job)
+            output = await self.runner.run(job, events)
+            await asyncio.to_thread(self._save_results, job, output)
+            final = self._completed(job, output, events)
         except Cancelled:
             if job.interrupted:
                 # A shutdown, not the client: the journal keeps the job unfinished, to run again.
                 resumes = "it runs again when the server restarts" if self.settings.resume_jobs else "it will not run again"
                 log.info("job %s stopped by the shutdown; %s", job.id, resumes)
-                self._call(self._finish_interrupted, job, ErrorEvent(
+                self._finish_interrupted(job, ErrorEvent(
                     job_id=job.id, code=ErrorCode.interrupted, message=f"the server is shutting down; {resumes}"))
                 return
             if job.timed_out:
@@ -418,9 +413,11 @@ class JobManager:
             job.error = ErrorEvent(job_id=job.id, code=ErrorCode.internal,
                                    message=f"internal error ({type(exc).__name__}); see the server log")
             final = job.error
+        finally:
+            timer.cancel()
         job.finished_at = time.time()
         try:
-            self.store.save_record(job.record())
+            await asyncio.to_thread(self.store.save_record, job.record())
         except OSError as exc:
             log.error("could not write the record of job %s: %s", job.id, exc)
         seconds = time.monotonic() - started
@@ -429,70 +426,25 @@ class JobManager:
         how = job.state.value + (f" ({job.error.code.value}: {job.error.message})" if job.error is not None else "")
         log.info("job %s %s in %.2f s", job.id, how, seconds,
                  extra={"job_id": job.id, "client": job.owner, "event": job.state.value, "seconds": round(seconds, 3)})
-        self._call(self._finish, job, final)
+        self._finish(job, final)
+
+    def _save_results(self, job: Job, output: JobOutput) -> None:
+        """Runs in a thread: each result written to a temp name and renamed (store.save_result)."""
+        for index, png in enumerate(output.pngs):
+            self.store.save_result(job.id, index, png)
+
+    def _completed(self, job: Job, output: JobOutput, events: JobEvents) -> DoneEvent:
+        job.request = output.request
+        job.pngs, job.seeds, job.result_count = list(output.pngs), list(output.seeds), len(output.pngs)
+        job.sizes = [list(size) for size in output.sizes]
+        job.state = JobState.done
+        for event in result_events(job.id, output.request, job.seeds, job.sizes):
+            self._emit(job, event)
+        began = events.started_at if events.started_at is not None else time.monotonic()
+        return DoneEvent(job_id=job.id, count=len(job.pngs), elapsed_s=round(time.monotonic() - began, 3))
 
     def _finish_interrupted(self, job: Job, event: ErrorEvent) -> None:
         self._emit(job, event)
         for sub in list(job.subscribers):
             sub.close()
-        if self.current_job is job:
-            self.current_job = None
-
-    def _generate(self, job: Job) -> DoneEvent:
-        status = self.engine.status
-        if status.state is not ModelState.ready and job.request.model is None:
-            raise LatentBridgeError(f"the model is not available: {status.error or status.state.value}",
-                                    code=ErrorCode.model_load_failed if status.state is ModelState.failed
-                                    else ErrorCode.model_not_ready)
-        if job.request.model is not None and job.request.model != status.name:
-            log.info("model switch to %s requested by %s for job %s (serving %s)", job.request.model, job.owner,
-                     job.id, status.name, extra={"job_id": job.id, "client": job.owner, "event": "model_switch"})
-        load_inputs(job, self.store)
-        self._call(self._emit, job, StartedEvent(job_id=job.id, seed=job.request.seed or 0))
-        started = time.monotonic()
-        wants_preview = job.request.preview.decoder != "none"
-        last_preview = [0.0]
-
-        def on_step(update: Any) -> None:
-            if job.cancel_event.is_set():
-                raise Cancelled()
-            job.step, job.total = update.step, update.total
-            eta = update.elapsed_s / update.step * (update.total - update.step) if update.step else None
-            self._call(self._emit, job, ProgressEvent(job_id=job.id, step=update.step, total=update.total,
-                                                      eta_s=None if eta is None else round(eta, 3)))
-            now = time.monotonic()
-            # Previews are rate-capped per job and skipped when nobody watches (the A1111 /progress
-            # route reads the latest one, so a running job keeps one even without subscribers).
-            if wants_preview and now - last_preview[0] >= self.settings.preview_interval_s:
-                image = update.preview()
-                if image is not None:
-                    last_preview[0] = now
-                    options = job.request.preview
-                    data = images.encode_preview(image, options.max_size, options.format)
-                    w, h = _scaled(image.size, options.max_size)
-                    self._call(self._emit_preview, job,
-                               PreviewFrame(job.id, update.step, update.total, w, h, data, options.format))
-
-        others = {role: image for role, image in job.inputs.items() if role not in ("init", "mask")}
-        result = self.engine.generate(job.request, init_image=job.init_image, mask=job.mask,
-                                      on_step=on_step, cancel=job.cancel_event, inputs=others)
-        job.request = result.request
-        pngs = []
-        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
-            png = images.encode_png(image, result.request, seed)
-            self.store.save_result(job.id, index, png)
-            pngs.append(png)
-        job.pngs, job.seeds, job.result_count = pngs, list(result.seeds), len(pngs)
-        job.sizes = [list(im.size) for im in result.images]
-        job.state = JobState.done
-        for event in result_events(job.id, result.request, job.seeds, job.sizes):
-            self._call(self._emit, job, event)
-        return DoneEvent(job_id=job.id, count=len(pngs), elapsed_s=round(time.monotonic() - started, 3))
-
-
-def _scaled(size: tuple[int, int], max_size: int) -> tuple[int, int]:
-    w, h = size
-    if max(w, h) <= max_size:
-        return w, h
-    scale = max_size / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
+        self._release(job)

@@ -59,9 +59,12 @@ async def _stop_jobs(app: web.Application) -> None:
     await app[JOBS_KEY].stop()
 
 
-def create_app(settings: Settings, engine: Any = None) -> web.Application:
+def create_app(settings: Settings, engine: Any = None, *, runner: Any = None,
+               store: ResultStore | None = None) -> web.Application:
     """Build the app. `engine` defaults to a new `latentbridge.engine.Engine(settings)`; the model
-    loads in the background once the app starts, so the server answers at once."""
+    loads in the background once the app starts, so the server answers at once. `runner` runs the
+    jobs (default: the engine on one worker thread, jobs/local.py; with Ray: cluster/runner.py,
+    given with the cluster's view of the engine and the store it reads inputs from)."""
     if engine is None:
         from ..engine import Engine
 
@@ -75,7 +78,8 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
     app[AUTH_THROTTLE_KEY] = throttle
     add_upload_budget(app, settings)
     app[ENGINE_KEY] = engine
-    app[JOBS_KEY] = JobManager(engine, ResultStore(settings.data_dir, settings.retention_jobs), settings)
+    store = store if store is not None else ResultStore(settings.data_dir, settings.retention_jobs)
+    app[JOBS_KEY] = JobManager(engine, store, settings, runner=runner)
     app[WEBSOCKETS_KEY] = weakref.WeakSet()
 
     from .catalog import add_catalog_routes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -40,6 +41,8 @@ def run(settings: Settings) -> None:
     """Serve until interrupted (blocking). Raises StartupRefused for unsafe settings or an address
     that cannot be listened on (one line, for the CLI to print)."""
     check_startup(settings)
+    if settings.ray is not None and importlib.util.find_spec("ray") is None:
+        raise StartupRefused("--ray needs Ray Serve, which is not installed: pip install 'latentbridge[ray]'")
     if not logging.getLogger().handlers:  # unless the embedding program configured logging itself
         logs.configure(settings.log_format)
     asyncio.run(serve(settings))
@@ -185,14 +188,16 @@ async def serve(settings: Settings, *, app: web.Application | None = None, start
         signals = _install_signals(loop, stop)
     runner = None
     try:
-        app = app if app is not None else create_app(settings)
+        if app is None:
+            app = create_app(settings) if settings.ray is None else _cluster_app(settings)
         guard = ConnectionGuard(settings, max_connections=max_connections)
         runner = GuardedAppRunner(app, guard, access_log_format=ACCESS_LOG_FORMAT,
                                   keepalive_timeout=settings.keepalive_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = BoundSite(runner, bound, backlog)
         await site.start()
-        print(f"Latent Bridge listening on {site.name} (model {settings.model}, data in {settings.data_dir})",
+        engines = f", engine replicas on Ray at {settings.ray}" if settings.ray is not None else ""
+        print(f"Latent Bridge listening on {site.name} (model {settings.model}, data in {settings.data_dir}{engines})",
               flush=True)
         if started is not None and not started.done():
             started.set_result(site)
@@ -206,6 +211,13 @@ async def serve(settings: Settings, *, app: web.Application | None = None, start
         else:
             bound[0].close()
         log.info("Latent Bridge stopped")
+
+
+def _cluster_app(settings: Settings) -> web.Application:
+    """--ray: the same app, its jobs run on engine replicas on Ray Serve (latentbridge.cluster)."""
+    from ..cluster import create_cluster_app
+
+    return create_cluster_app(settings)
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -456,7 +456,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "bad_message" | "invalid_request" | "bad_image" | "missing_image" | "too_large" | "unknown_model" | "model_not_ready" | "model_load_failed" | "unsupported" | "unknown_job" | "queue_full" | "cancelled" | "out_of_memory" | "timeout" | "interrupted" | "unauthorized" | "forbidden" | "internal";
+        ErrorCode: "bad_message" | "invalid_request" | "bad_image" | "missing_image" | "too_large" | "unknown_model" | "model_not_ready" | "model_load_failed" | "unsupported" | "unknown_job" | "queue_full" | "cancelled" | "out_of_memory" | "timeout" | "interrupted" | "worker_lost" | "unauthorized" | "forbidden" | "internal";
         /** ErrorEvent */
         ErrorEvent: {
             /**
@@ -2257,7 +2257,7 @@ export const cancelledEventTypeValues: ReadonlyArray<FlattenedDeepRequired<compo
 export const controlTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ControlType"]> = ["depth", "normal", "canny", "lineart", "softedge", "scribble", "segmentation", "openpose", "tile"];
 export const controlUnitModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ControlUnit"]["mode"]> = ["balanced", "prompt", "control"];
 export const doneEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["DoneEvent"]["type"]> = ["done"];
-export const errorCodeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorCode"]> = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "interrupted", "unauthorized", "forbidden", "internal"];
+export const errorCodeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorCode"]> = ["bad_message", "invalid_request", "bad_image", "missing_image", "too_large", "unknown_model", "model_not_ready", "model_load_failed", "unsupported", "unknown_job", "queue_full", "cancelled", "out_of_memory", "timeout", "interrupted", "worker_lost", "unauthorized", "forbidden", "internal"];
 export const errorEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ErrorEvent"]["type"]> = ["error"];
 export const healthResponseStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthResponse"]["status"]> = ["ok", "starting", "error"];
 export const helloEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HelloEvent"]["type"]> = ["hello"];
