@@ -5,7 +5,8 @@ server's own."""
 from __future__ import annotations
 
 import json
-import sys
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,20 +15,29 @@ import lb_blender  # noqa: E402 (on the path via conftest)
 
 lb_blender.bpy_or_skip()
 
-from lb_server import ServerProcess, point_prefs_at, pump  # noqa: E402
+from lb_server import SERVER_PYTHON, ServerProcess, point_prefs_at, pump  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+# The folders are written by the backend's Python (the server's, LATENTBRIDGE_SERVER_PYTHON) with
+# the real save code: the Blender test process may have no torch/diffusers (the Python 3.13 lines),
+# and importing diffusers after a render can crash Blender's process.
+_WRITE_FOLDERS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from latentbridge.engine import tiny
+from lora_factory import save_tiny_lora  # tests/backend: a real LoRA file for the tiny UNet
+root = Path(sys.argv[1])
+tiny.build_pipeline("tiny").save_pretrained(root / "models" / "sub" / "nested-model", safe_serialization=True)
+save_tiny_lora(root / "loras" / "style.safetensors")
+"""
 
 
 @pytest.fixture(scope="module")
 def folders_server(tmp_path_factory):
-    from latentbridge.engine import tiny
-    from lora_factory import save_tiny_lora  # tests/backend: a real LoRA file for the tiny UNet
-
     root = tmp_path_factory.mktemp("lb-folders")
-    pipe = tiny.build_pipeline("tiny")
-    pipe.save_pretrained(root / "models" / "sub" / "nested-model", safe_serialization=True)
-    save_tiny_lora(root / "loras" / "style.safetensors")
+    backend_tests = Path(__file__).resolve().parents[1] / "backend"
+    subprocess.run([SERVER_PYTHON, "-c", _WRITE_FOLDERS, str(root), str(backend_tests)], check=True, timeout=600,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
     (root / "data").mkdir()
     server = ServerProcess(root / "data")
     server.extra_args = ["--model-dirs", str(root / "models"), "--lora-dirs", str(root / "loras")]
