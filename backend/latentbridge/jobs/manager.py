@@ -20,6 +20,7 @@ import concurrent.futures
 import itertools
 import logging
 import secrets
+import threading
 import time
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ from ..protocol import (
 from ..settings import Settings
 from ..store import ResultStore
 from .job import Job, check_limits, load_inputs, result_events
+from .live import LiveBoard, LiveSession
 from .subscription import PreviewFrame, Subscription
 
 log = logging.getLogger("latentbridge.jobs")
@@ -74,6 +76,8 @@ class JobManager:
         self._accepting = False
         self.current_job: Job | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=20)
+        self.live = LiveBoard(engine, settings, wake=self._wake_worker, call=self._call, on_worker=self._on_worker)
+        self._last_was_live = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,6 +143,8 @@ class JobManager:
         """Stop accepting and stop the running job; queued and running jobs stay in the journal
         (unfinished), so a restart runs them again. Subscribers hear `interrupted`."""
         self._accepting = False
+        for session_id in list(self.live.sessions):
+            self.live.stop(session_id, "shutdown", "the server is shutting down")
         job = self.current_job
         if job is not None:
             job.interrupted = True
@@ -347,10 +353,15 @@ class JobManager:
         assert self._wake is not None and self._loop is not None and self._load_future is not None
         await self._load_future
         while True:
-            while not self._pending:
+            while not self._pending and not self.live.ready():
                 self._wake.clear()
                 await self._wake.wait()
-            job = self._ordered_pending()[0]
+            picked = self._pick()
+            if isinstance(picked, LiveSession):
+                await self._run_live(picked)
+                continue
+            job = picked
+            self._last_was_live = False
             self._pending.remove(job)
             self._served[job.owner] = next(self._served_seq)
             self.current_job = job
@@ -369,6 +380,45 @@ class JobManager:
                 timer.cancel()
             self.current_job = None
 
+    def _pick(self) -> Job | LiveSession:
+        """The next work for the GPU. The fairness policy with live sessions (docs/live.md): a live
+        frame counts as an interactive-priority job of its client, one at a time, ordered with the
+        queued jobs by (priority, client served longest ago, arrival); and right after a live
+        frame, a waiting job goes first, so live frames and queued jobs take turns and a live
+        session never starves anyone's queue."""
+        jobs = self._ordered_pending()
+        lives = sorted(self.live.ready(), key=lambda s: (self._served.get(s.owner, 0),
+                                                         s.pending.seq if s.pending is not None else 0))
+        if not lives:
+            return jobs[0]
+        if not jobs:
+            return lives[0]
+        if self._last_was_live:
+            return jobs[0]
+        live, job = lives[0], jobs[0]
+        live_key = (PRIORITIES["interactive"], self._served.get(live.owner, 0), live.pending.seq if live.pending else 0)
+        job_key = (PRIORITIES[job.priority], self._served.get(job.owner, 0), job.seq)
+        return live if live_key <= job_key else job
+
+    async def _run_live(self, session: LiveSession) -> None:
+        """One turn of a live session on the worker thread: its warm-up or its newest frame."""
+        assert self._loop is not None
+        frame = session.take()
+        self._served[session.owner] = next(self._served_seq)
+        self._last_was_live = frame is not None
+        cancel = threading.Event()
+        session.cancel_event = cancel
+        timer = self._loop.call_later(self.settings.job_timeout_s, cancel.set)
+        try:
+            await asyncio.shield(self._loop.run_in_executor(self._executor, self.live.execute, session, frame, cancel))
+        except asyncio.CancelledError:
+            cancel.set()
+            await self._loop.run_in_executor(self._executor, lambda: None)
+            raise
+        finally:
+            timer.cancel()
+            session.running, session.cancel_event = None, None
+
     def _time_out(self, job: Job) -> None:
         if job.state is JobState.running:
             job.timed_out = True
@@ -380,6 +430,18 @@ class JobManager:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _wake_worker(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_worker(self, fn: Callable[[], Any]) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._loop.run_in_executor(self._executor, fn)
+        except RuntimeError:  # the executor is shut down: the engine goes with it
             pass
 
     def _execute(self, job: Job) -> None:
