@@ -880,6 +880,17 @@ class LivePart(StrictNumbers):
     bytes: int = Field(..., ge=1, description="Length of this image in the payload")
 
 
+class LiveTimings(StrictNumbers):
+    """Where a live frame's time went on the server, in milliseconds (None: the stage did not run)."""
+
+    wait: float | None = Field(None, description="From arrival to the start of its render (queue, other work)")
+    decode: float | None = Field(None, description="Decoding the frame's images")
+    setup: float | None = Field(None, description="Loading, LoRAs, pipeline and prompt (once per settings)")
+    denoise: float | None = Field(None, description="Encoding the frame and the denoising steps")
+    vae: float | None = Field(None, description="Decoding the latents (TAESD or the VAE)")
+    encode: float | None = Field(None, description="Encoding the result frame")
+
+
 class BinaryHeader(StrictNumbers):
     kind: BinaryKind
     format: PreviewFormat = Field(..., description="png, jpeg or webp; `rgb` (raw pixels) on preview, live_frame and "
@@ -897,8 +908,7 @@ class BinaryHeader(StrictNumbers):
     revision: Annotated[int, Field(ge=0)] | None = Field(None, description="Live results: the settings revision used")
     parts: list[LivePart] | None = Field(None, min_length=1, max_length=1 + MAX_CONTROLS,
                                          description="live_frame: the images in the payload, in order")
-    timings: dict[str, float] | None = Field(None, max_length=16, description="Live results: milliseconds spent "
-                                             "per stage on the server (wait, decode, denoise, vae, encode)")
+    timings: LiveTimings | None = Field(None, description="Live results: milliseconds spent per stage on the server")
 
     @model_validator(mode="after")
     def _ids(self) -> "BinaryHeader":

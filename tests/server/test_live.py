@@ -92,7 +92,7 @@ async def test_a_frame_comes_back_as_a_live_result(ws_connect):
     await send_frame(ws, started.job_id, 1)
     header, pixels = await next_result(ws)
     assert (header.frame, header.revision, header.width, header.height) == (1, 0, 64, 64)
-    assert set(header.timings) >= {"wait", "decode", "denoise", "vae", "encode"}
+    assert all(getattr(header.timings, stage) is not None for stage in ("wait", "decode", "denoise", "vae", "encode"))
     assert pixels.shape == (64, 64, 3)
     stopped = await stop(ws, started.job_id)
     assert stopped.reason == "stopped"

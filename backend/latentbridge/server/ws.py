@@ -33,6 +33,7 @@ from ..protocol import (
     LatentBridgeError,
     LiveStartedEvent,
     LiveStartMessage,
+    LiveTimings,
     LiveStopMessage,
     LiveUpdatedEvent,
     LiveUpdateMessage,
@@ -228,7 +229,7 @@ class Connection:
                 if isinstance(item, LiveResultFrame):
                     await self.send_binary(BinaryHeader(kind="live_result", format=item.format, job_id=job_id,
                                                         frame=item.frame, revision=item.revision, width=item.width,
-                                                        height=item.height, timings=item.timings), item.data)
+                                                        height=item.height, timings=LiveTimings(**item.timings)), item.data)
                     continue
                 if isinstance(item, PreviewFrame):
                     await self.send_binary(BinaryHeader(kind="preview", format=item.format, job_id=job_id,
