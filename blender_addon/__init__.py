@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import bpy
 
-from . import capture, feedback, menus, operators, ops_server, panels, preferences, properties, session
+from . import capture, feedback, live, menus, operators, ops_server, panels, preferences, properties, session
 from .controller import controller, timer
 
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
     properties.classes + preferences.classes + operators.classes + ops_server.classes + menus.classes + panels.classes
+    + live.classes
 )
 
 
 def register() -> None:
     _register_classes()
     properties.register()
+    live.register()
     session.register()
     menus.register()
     feedback.register()
@@ -31,6 +33,7 @@ def unregister() -> None:
         bpy.app.timers.unregister(timer)
     if capture.note_changes in bpy.app.handlers.depsgraph_update_post:
         bpy.app.handlers.depsgraph_update_post.remove(capture.note_changes)
+    live.unregister()
     controller.shutdown()
     feedback.unregister()
     menus.unregister()

@@ -245,6 +245,24 @@ async def test_live_control_units_take_their_maps_with_each_frame(make_client, t
     await send_frame(ws, started.job_id, 2)  # an init part this session does not take
     error = await ws.receive()
     assert error.type == "error" and error.code.value == "missing_image" and error.field == "header.parts"
+    assert error.job_id == started.job_id  # a refused frame names its session
+
+
+async def test_an_update_that_changes_the_parts_waits_for_a_frame_of_the_new_shape(ws_connect):
+    """Adding a control unit mid-session: the last frame (init only) cannot render with it, so
+    nothing renders until the client sends a frame with the new parts; no error either."""
+    ws = await ws_connect()
+    started = await start(ws)
+    await send_frame(ws, started.job_id, 1)
+    await next_result(ws)
+    controlled = {**LIVE_REQUEST, "controls": [{"type": "depth", "model": "tiny-controlnet"}]}
+    await ws.send({"type": "live_update", "job_id": started.job_id, "request": controlled})
+    assert (await ws.receive()).type == "live_updated"
+    await send_frame(ws, started.job_id, 2, parts={"init": png_bytes(), "control.0": png_bytes(color=(255, 255, 255))})
+    header, _ = await next_result(ws)  # the next thing to arrive is frame 2's result, not an error about frame 1
+    assert (header.frame, header.revision) == (2, 1)
+    stopped = await stop(ws, started.job_id)
+    assert stopped.frames.failed == 0 and stopped.frames.rendered == 2
 
 
 async def test_bad_live_input_gets_typed_errors_and_the_session_carries_on(ws_connect):
@@ -263,7 +281,8 @@ async def test_bad_live_input_gets_typed_errors_and_the_session_carries_on(ws_co
     assert (error.type, error.code.value, error.job_id) == ("error", "bad_image", started.job_id)
     await ws.ws.send_bytes(encode_binary_frame(BinaryHeader(kind="live_frame", format="png", job_id=started.job_id,
                                                             frame=2, parts=[{"role": "init", "bytes": 99}]), b"short"))
-    assert (await ws.receive()).code.value == "bad_message"
+    error = await ws.receive()
+    assert (error.code.value, error.job_id) == ("bad_message", started.job_id)
     await send_frame(ws, started.job_id, 2)
     assert (await next_result(ws))[0].frame == 2  # the session carries on
     await send_frame(ws, started.job_id, 2)

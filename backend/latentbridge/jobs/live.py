@@ -89,6 +89,7 @@ class LiveSession:
         self.subscription = subscription or Subscription(self.id, final=(LiveStoppedEvent,))
         self.pending: LiveInput | None = None
         self.newest: LiveInput | None = None  # the newest frame received (re-rendered after an update)
+        self.last_frame = -1  # the newest frame number received: numbers must increase
         self.running: LiveInput | None = None
         self.needs_warm = True  # the first turn gets the pipeline ready before any frame
         self.stopped = False
@@ -102,23 +103,35 @@ class LiveSession:
     def offer(self, frame: LiveInput) -> None:
         """A new frame: it replaces the pending one (that one is dropped as stale)."""
         self.counts.received += 1
-        if self.newest is not None and frame.frame <= self.newest.frame:
-            raise InvalidRequest(f"frame {frame.frame} is not newer than frame {self.newest.frame}: frame numbers "
+        if frame.frame <= self.last_frame:
+            raise InvalidRequest(f"frame {frame.frame} is not newer than frame {self.last_frame}: frame numbers "
                                  "must increase", field="header.frame")
+        self.last_frame = frame.frame
         if self.pending is not None:
             self.counts.dropped += 1
         frame.seq = next(_frame_seq)
         self.pending = self.newest = frame
 
+    def roles(self) -> set[str]:
+        """The parts each frame of this session must carry (its request's images)."""
+        needed = {"init"} if self.request.mode.value == "img2img" else set()
+        return needed | {f"control.{i}" for i in range(len(self.request.controls))}
+
     def update(self, request: GenerationRequest | None, options: LiveOptions | None, decoder: str) -> None:
         """New settings: the next frame renders with them, and the newest frame is rendered again
-        so a still scene shows the change too."""
+        so a still scene shows the change too (when it carries the parts the new settings take;
+        otherwise the client's next frame, captured with them, shows it)."""
         if request is not None:
             self.request = request
         if options is not None:
             self.options = options
         self.decoder = decoder
         self.revision += 1
+        if self.newest is not None and set(self.newest.parts) != self.roles():
+            if self.pending is not None:
+                self.counts.dropped += 1
+            self.pending = self.newest = None  # frames of the old shape cannot render any more
+            return
         if self.pending is None and self.newest is not None:
             self.pending = LiveInput(self.newest.frame, self.newest.parts, self.newest.format, self.newest.width,
                                      self.newest.height, seq=next(_frame_seq))
@@ -220,9 +233,7 @@ class LiveBoard:
 
     def frame(self, session_id: str, owner: str, frame: LiveInput) -> None:
         session = self.session(session_id, owner)
-        roles = set(frame.parts)
-        needed = {"init"} if session.request.mode.value == "img2img" else set()
-        needed |= {f"control.{i}" for i in range(len(session.request.controls))}
+        roles, needed = set(frame.parts), session.roles()
         if roles != needed:
             raise MissingImage(f"live session {session.id} takes the parts {', '.join(sorted(needed))}, this frame "
                                f"has {', '.join(sorted(roles))}", field="header.parts")

@@ -132,10 +132,15 @@ class Connection:
             raise LatentBridgeError("send `hello` with the token first", code=ErrorCode.unauthorized)
         header, payload = decode_binary_frame(frame)
         if header.kind == "live_frame":
-            parts = split_live_parts(header, payload)
             assert header.job_id is not None and header.frame is not None
-            self.app[JOBS_KEY].live.frame(header.job_id, self.owner, LiveInput(header.frame, parts, header.format,
-                                                                               header.width, header.height))
+            try:
+                parts = split_live_parts(header, payload)
+                self.app[JOBS_KEY].live.frame(header.job_id, self.owner, LiveInput(header.frame, parts, header.format,
+                                                                                   header.width, header.height))
+            except LatentBridgeError as exc:  # the error names the session: its client frees its in-flight slot
+                log.info("websocket client %s: live frame refused: %s: %s", self.remote, exc.code.value,
+                         exc.message[:300])
+                await self.send_error(exc, header.job_id)
             return
         if header.kind != "upload":
             raise LatentBridgeError(f"clients may only send `upload` and `live_frame` frames, not `{header.kind}`",

@@ -1,0 +1,136 @@
+"""Live mode end to end: the installed add-on in real Blender against a real server (tiny model).
+
+bpy as a module has no window and no GPU context, so these runs capture with the Workbench
+fallback (checked); timers never fire here, so the tests drive `live.tick()` as the timer would."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import lb_blender  # noqa: E402 (on the path via conftest)
+
+lb_blender.bpy_or_skip()
+
+
+def _live(addon):
+    import importlib
+
+    return importlib.import_module(lb_blender.ADDON_MODULE + ".live")
+
+
+def _tick_until(live, until, timeout=60.0, what="condition"):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        live.tick()
+        if until():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}; live status {live.state.note!r}")
+
+
+def _pixels(image):
+    flat = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(flat)
+    return flat.reshape(image.size[1], image.size[0], 4)
+
+
+@pytest.fixture
+def live_on(addon, connected, scene):
+    import bpy
+
+    live = _live(addon)
+    settings = scene.latentbridge
+    settings.prompt, settings.seed, settings.random_seed = "weathered bronze", 77, False
+    scene.latentbridge_live.size = 64
+    scene.latentbridge_live.max_fps = 120
+    assert bpy.ops.latentbridge.live_toggle() == {"FINISHED"}
+    yield live
+    if live.running():
+        live.stop()
+
+
+def test_live_shows_the_newest_result_and_follows_the_scene(live_on, scene, connected):
+    import bpy
+
+    live = live_on
+    _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+    image = bpy.data.images[live.LIVE_IMAGE]
+    assert tuple(image.size) == (64, 64)
+    assert live.state.note == live.LIVE_FALLBACK_NOTE  # no GPU context in bpy as a module
+    first = _pixels(image).copy()
+    assert scene.latentbridge_live.status.startswith("Live (")
+
+    # A still scene sends nothing more.
+    sent = connected.connection.live.sent
+    for _ in range(30):
+        live.tick()
+        time.sleep(0.005)
+    assert connected.connection.live.sent == sent
+
+    # Moving the cube is a depsgraph change: a new frame, a new picture.
+    cube = bpy.data.objects["Cube"]
+    cube.location.x += 1.5
+    bpy.context.view_layer.update()
+    _tick_until(live, lambda: live.state.applied >= 2, what="the result of the moved cube")
+    assert not np.array_equal(_pixels(image), first)
+
+    # A frame change captures too.
+    applied = live.state.applied
+    scene.frame_set(scene.frame_current + 1)
+    _tick_until(live, lambda: live.state.applied > applied, what="the result after a frame change")
+
+    record = live.state.latencies[-1]
+    assert record["total"] > 0 and record["capture"] > 0 and set(record) >= {"server", "network", "apply"}
+
+
+def test_changing_the_prompt_mid_session_needs_no_restart(live_on, scene, connected):
+    live = live_on
+    _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+    job_id = live.state.job_id
+    scene.latentbridge.prompt = "polished marble"
+    _tick_until(live, lambda: bool(live.state.latencies) and live.state.latencies[-1]["revision"] == 1,
+                what="the result rendered with the new prompt")
+    assert live.state.job_id == job_id  # the same session
+    scene.latentbridge_live.strength = 0.8
+    _tick_until(live, lambda: live.state.latencies[-1]["revision"] == 2, what="the result with the new strength")
+
+
+def test_depth_and_normal_control_from_the_scene(live_on, scene, connected):
+    live = live_on
+    _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+    scene.latentbridge_live.use_depth = True
+    scene.latentbridge_live.use_normal = True
+    _tick_until(live, lambda: live.state.latencies[-1]["revision"] >= 1 and live.state.note.startswith("Depth"),
+                timeout=120, what="a controlled live result")
+    applied = live.state.applied
+    scene.latentbridge_live.controls_only = True
+    _tick_until(live, lambda: live.state.applied > applied and live.state.note.startswith("Depth"), timeout=120,
+                what="a controls-only live result")
+
+
+def test_stopping_ends_the_session_on_the_server(live_on, scene, connected):
+    import bpy
+
+    live = live_on
+    _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+    assert bpy.ops.latentbridge.live_toggle() == {"FINISHED"}
+    assert not live.running() and not connected.connection.live.active
+    assert not scene.latentbridge_live.running
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the live_stop goes out and is answered
+        connected.drain()
+        if connected.connection.live.job_id is None and connected.connection.live.idle():
+            break
+        time.sleep(0.01)
+    assert connected.connection.live.job_id is None
+
+
+def test_disconnecting_stops_live_mode(live_on, connected):
+    live = live_on
+    _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+    connected.disconnect()
+    live.tick()
+    assert not live.running()
