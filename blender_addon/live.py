@@ -205,13 +205,24 @@ def tick() -> float:
     if _view_changed():
         state.dirty = True
     now = time.monotonic()
-    if state.dirty and conn.live.job_id is not None and now - state.last_capture >= 1.0 / max(1, live.max_fps):
+    if state.dirty and conn.live.job_id is not None and now - state.last_capture >= 1.0 / max(1, live.max_fps) \
+            and _worth_capturing(conn.live.pending_age()):
         state.dirty = False
         state.last_capture = now
         _capture(scene, conn)
     elapsed = (time.perf_counter() - clock) * 1000.0
     state.tick_ms = (state.tick_ms + [elapsed])[-1000:]
     return elapsed
+
+
+def _worth_capturing(pending_age: float | None) -> bool:
+    """A capture costs the main thread a draw or render. With the pending slot free it goes out
+    next; a pending frame is replaced only once it is older than half a round trip (a fresher
+    picture is then worth the capture), so captures no one would see are not made."""
+    if pending_age is None:
+        return True
+    recent = [r["total"] for r in state.latencies[-8:]]
+    return bool(recent) and pending_age * 1000.0 >= 0.5 * sorted(recent)[len(recent) // 2]
 
 
 def _capture(scene: bpy.types.Scene, conn: Any) -> None:
@@ -333,7 +344,8 @@ def _record_latency(header: dict[str, Any], apply_ms: float) -> None:
     record = {"frame": frame, "revision": header.get("revision", 0), "total": total,
               "capture": state.capture_ms.get(frame, 0.0),
               "outbox": ((sent - captured) * 1000.0 - state.capture_ms.get(frame, 0.0)) if sent else 0.0,
-              "server_wait": timings.get("wait", 0.0), "server": server, "apply": apply_ms}
+              "server_wait": timings.get("wait", 0.0), "server": server, "apply": apply_ms,
+              **{f"server_{k}": v for k, v in timings.items() if k != "wait"}}
     record["network"] = max(0.0, total - record["capture"] - record["outbox"] - record["server_wait"] - server - apply_ms)
     state.latencies = (state.latencies + [record])[-1000:]
 

@@ -96,6 +96,11 @@ class LiveOutbox:
                 self.dropped += 1
             self._pending = OutFrame(frame, parts, fmt, width, height, time.monotonic())
 
+    def pending_age(self) -> float | None:
+        """Seconds since the pending frame was captured; None when none is pending."""
+        with self._lock:
+            return None if self._pending is None else time.monotonic() - self._pending.captured_at
+
     def idle(self) -> bool:
         """Nothing in flight and nothing pending: a new capture would go out at once."""
         with self._lock:
