@@ -52,6 +52,7 @@ def live_on(addon, connected, scene):
         live.stop()
 
 
+@pytest.mark.smoke
 def test_live_shows_the_newest_result_and_follows_the_scene(live_on, scene, connected):
     import bpy
 
@@ -134,3 +135,42 @@ def test_disconnecting_stops_live_mode(live_on, connected):
     connected.disconnect()
     live.tick()
     assert not live.running()
+
+
+def test_a_server_restart_mid_session_starts_a_new_session_and_live_carries_on(addon, scene, tmp_path):
+    """The connection drops while a frame is in flight: the server ended that session with the
+    connection; after the reconnect the add-on starts a new one with the same settings, and the
+    next change is generated there, with no frame left waiting for an answer that cannot come."""
+    import bpy
+    from lb_server import ServerProcess, point_prefs_at, pump
+
+    controller = addon["controller"].controller
+    live = _live(addon)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = ServerProcess(tmp_path / "a").start()
+    second = ServerProcess(tmp_path / "b", port=first.port)
+    try:
+        point_prefs_at(first.url, first.token)
+        bpy.ops.latentbridge.connect()
+        pump(controller, lambda: controller.conn_state == "CONNECTED", 30, "the hello handshake")
+        scene.latentbridge.seed, scene.latentbridge.random_seed = 5, False
+        scene.latentbridge_live.size = 64
+        assert bpy.ops.latentbridge.live_toggle() == {"FINISHED"}
+        _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
+        old_session = live.state.job_id
+        first.kill()
+        _tick_until(live, lambda: controller.conn_state != "CONNECTED", 15, what="the drop to be noticed")
+        bpy.data.objects["Cube"].location.z += 1.0  # changed while the server is away
+        bpy.context.view_layer.update()
+        second.start()
+        applied = live.state.applied
+        _tick_until(live, lambda: live.state.applied > applied, 90, what="a result from the restarted server")
+        assert live.running() and live.state.job_id not in (None, old_session)
+        assert controller.connection.live.job_id == live.state.job_id
+    finally:
+        if live.running():
+            live.stop()
+        first.kill()
+        second.stop()
+        controller.reset()
