@@ -78,6 +78,7 @@ def run(addon, server: ServerProcess, seconds: float, size: int, change_ms: floa
             time.sleep(0.01)
             assert time.monotonic() < deadline, scene.latentbridge_live.status
         box = controller.connection.live
+        status = scene.latentbridge_live.status
         base = {"applied": live.state.applied, "latencies": len(live.state.latencies), "captured": box.captured,
                 "dropped": box.dropped, "sent": box.sent}
         cube = bpy.data.objects["Cube"]
@@ -110,7 +111,7 @@ def run(addon, server: ServerProcess, seconds: float, size: int, change_ms: floa
         controller.reset()
     return {"elapsed": elapsed, "applied": live.state.applied - base["applied"], "records": records, "ticks": ticks,
             "counts": counts, "server": stopped[-1]["frames"], "shown": shown, "changes": step,
-            "note": live.state.note}
+            "note": live.state.note, "status": status}
 
 
 def report(result: dict, size: int) -> None:
@@ -133,7 +134,7 @@ def report(result: dict, size: int) -> None:
           f"results older than one already shown: {older}")
     print(f"main-thread tick while live runs: max {max(ticks):.1f} ms, p99 {percentile(ticks, 0.99):.1f} ms, "
           f"median {statistics.median(ticks):.2f} ms over {len(ticks)} ticks (capture ticks included)")
-    print(f"capture: {result['note']}")
+    print(f"session: {result['status']}; capture: {result['note']}")
 
 
 def main() -> int:
@@ -146,6 +147,7 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="latentbridge-bench-")) / "data"
     data.mkdir()
     server = ServerProcess(data)
+    server.extra_args = ["--taesd", "tiny-taesd"]  # the fast decoder, as a real setup has (docs/live.md)
     server.start()
     try:
         print(f"Blender {bpy.app.version_string}, live on `tiny` (Turbo preset, 1 step, TAESD), {args.size} px, "

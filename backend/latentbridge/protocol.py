@@ -587,7 +587,8 @@ class LiveStartMessage(Strict):
 
 class LiveUpdateMessage(Strict):
     """Change a running session's request and/or options (a new prompt, strength, seed, units...)
-    without restarting it; the last frame is rendered again with them."""
+    without restarting it; the last frame is rendered again with them when it carries the parts
+    they take (a change of control units waits for the client's next frame)."""
 
     type: Literal["live_update"] = "live_update"
     job_id: str = Field(..., max_length=100)

@@ -212,7 +212,7 @@ def binary_vectors(init_png: bytes, mask_png: bytes, preview_jpeg: bytes, result
         "live_frame_rgb": (BinaryHeader(kind="live_frame", format="rgb", job_id=LIVE_ID, frame=18, width=4, height=2,
                                         parts=[{"role": "init", "bytes": 24}]), RGB_4X2),
         "live_result": (BinaryHeader(kind="live_result", format="rgb", job_id=LIVE_ID, frame=18, revision=1, width=4,
-                                     height=2, timings={"wait": 1.5, "decode": 0.1, "setup": 0.05, "denoise": 12.0,
+                                     height=2, timings={"wait": 1.5, "decode": 0.1, "setup": 0.05, "denoise": 12.25,
                                                         "vae": 2.5, "encode": 0.02}), RGB_4X2),
     }
 

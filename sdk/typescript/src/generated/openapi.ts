@@ -258,16 +258,16 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "upload" | "preview" | "result";
+            kind: "upload" | "preview" | "result" | "live_frame" | "live_result";
             /**
              * Format
-             * @description png, jpeg or webp; `rgb` (raw pixels) on preview frames only
+             * @description png, jpeg or webp; `rgb` (raw pixels) on preview, live_frame and live_result frames, with width and height
              * @enum {string}
              */
             format: "png" | "jpeg" | "webp" | "rgb";
             /**
              * Job Id
-             * @description Set on preview/result frames
+             * @description Set on preview/result frames and on live frames (the live session)
              * @default null
              */
             job_id?: string | null;
@@ -303,6 +303,29 @@ export interface components {
              * @default null
              */
             height?: number | null;
+            /**
+             * Frame
+             * @description Live frames: the client's frame number (increasing); live results name the frame
+             * @default null
+             */
+            frame?: number | null;
+            /**
+             * Revision
+             * @description Live results: the settings revision used
+             * @default null
+             */
+            revision?: number | null;
+            /**
+             * Parts
+             * @description live_frame: the images in the payload, in order
+             * @default null
+             */
+            parts?: components["schemas"]["LivePart"][] | null;
+            /**
+             * @description Live results: milliseconds spent per stage on the server
+             * @default null
+             */
+            timings?: components["schemas"]["LiveTimings"] | null;
         };
         /** CancelMessage */
         CancelMessage: {
@@ -732,6 +755,64 @@ export interface components {
             /** Max Queue */
             max_queue: number;
         };
+        /**
+         * LivePart
+         * @description One image of a `live_frame`: its role and its length in the payload (parts follow each other).
+         */
+        LivePart: {
+            /**
+             * Role
+             * @description init (the frame) or control.<i>
+             */
+            role: string;
+            /**
+             * Bytes
+             * @description Length of this image in the payload
+             */
+            bytes: number;
+        };
+        /**
+         * LiveTimings
+         * @description Where a live frame's time went on the server, in milliseconds (None: the stage did not run).
+         */
+        LiveTimings: {
+            /**
+             * Wait
+             * @description From arrival to the start of its render (queue, other work)
+             * @default null
+             */
+            wait?: number | null;
+            /**
+             * Decode
+             * @description Decoding the frame's images
+             * @default null
+             */
+            decode?: number | null;
+            /**
+             * Setup
+             * @description Loading, LoRAs, pipeline and prompt (once per settings)
+             * @default null
+             */
+            setup?: number | null;
+            /**
+             * Denoise
+             * @description Encoding the frame and the denoising steps
+             * @default null
+             */
+            denoise?: number | null;
+            /**
+             * Vae
+             * @description Decoding the latents (TAESD or the VAE)
+             * @default null
+             */
+            vae?: number | null;
+            /**
+             * Encode
+             * @description Encoding the result frame
+             * @default null
+             */
+            encode?: number | null;
+        };
         /** LoadModelBody */
         LoadModelBody: {
             /** Model */
@@ -1044,7 +1125,7 @@ export interface components {
          *     `dpmpp_2m` / `dpmpp_sde` with `schedule: karras`.
          * @enum {string}
          */
-        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "heun" | "pndm" | "lms" | "dpm2" | "dpm2_a" | "dpmpp_2s_a" | "dpmpp_sde" | "dpmpp_2m_sde" | "dpmpp_2m_sde_heun" | "dpmpp_3m_sde";
+        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "tcd" | "heun" | "pndm" | "lms" | "dpm2" | "dpm2_a" | "dpmpp_2s_a" | "dpmpp_sde" | "dpmpp_2m_sde" | "dpmpp_2m_sde_heun" | "dpmpp_3m_sde";
         /**
          * Schedule
          * @description Where the sampler's steps fall on the noise scale. `default` keeps the model's own scheduler
@@ -2250,7 +2331,7 @@ export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues
 export const pathsApiV1JobsJob_idEventsGetResponses200ContentTextEventStreamEventValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["event"]> = ["status", "started", "progress", "preview", "result", "done", "cancelled", "error"];
 export const acceptedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AcceptedEvent"]["type"]> = ["accepted"];
 export const attachMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AttachMessage"]["type"]> = ["attach"];
-export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result"];
+export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result", "live_frame", "live_result"];
 export const binaryHeaderFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["format"]> = ["png", "jpeg", "webp", "rgb"];
 export const cancelMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelMessage"]["type"]> = ["cancel"];
 export const cancelledEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelledEvent"]["type"]> = ["cancelled"];
@@ -2274,7 +2355,7 @@ export const previewOptionsDecoderValues: ReadonlyArray<FlattenedDeepRequired<co
 export const previewOptionsFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PreviewOptions"]["format"]> = ["jpeg", "png", "rgb"];
 export const progressEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ProgressEvent"]["type"]> = ["progress"];
 export const resultEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ResultEvent"]["type"]> = ["result"];
-export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
+export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "tcd", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
 export const scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Schedule"]> = ["default", "linspace", "leading", "trailing", "karras", "exponential", "beta"];
 export const seamlessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Seamless"]> = ["none", "x", "y", "xy"];
 export const startedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StartedEvent"]["type"]> = ["started"];

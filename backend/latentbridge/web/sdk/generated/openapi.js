@@ -5,7 +5,7 @@ export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues
 export const pathsApiV1JobsJob_idEventsGetResponses200ContentTextEventStreamEventValues = ["status", "started", "progress", "preview", "result", "done", "cancelled", "error"];
 export const acceptedEventTypeValues = ["accepted"];
 export const attachMessageTypeValues = ["attach"];
-export const binaryHeaderKindValues = ["upload", "preview", "result"];
+export const binaryHeaderKindValues = ["upload", "preview", "result", "live_frame", "live_result"];
 export const binaryHeaderFormatValues = ["png", "jpeg", "webp", "rgb"];
 export const cancelMessageTypeValues = ["cancel"];
 export const cancelledEventTypeValues = ["cancelled"];
@@ -29,7 +29,7 @@ export const previewOptionsDecoderValues = ["latent2rgb", "taesd", "vae", "none"
 export const previewOptionsFormatValues = ["jpeg", "png", "rgb"];
 export const progressEventTypeValues = ["progress"];
 export const resultEventTypeValues = ["result"];
-export const samplerValues = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
+export const samplerValues = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "tcd", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
 export const scheduleValues = ["default", "linspace", "leading", "trailing", "karras", "exponential", "beta"];
 export const seamlessValues = ["none", "x", "y", "xy"];
 export const startedEventTypeValues = ["started"];
