@@ -18,6 +18,15 @@ def _started(box, job_id="live-1"):
                          "decoder": "taesd"})
 
 
+def _running(live=None):
+    """An outbox whose session the server has started (its live_start sent and answered)."""
+    box = live_link.LiveOutbox()
+    box.start(REQUEST, live or {}, client_ref="live")
+    box.outgoing()
+    _started(box)
+    return box
+
+
 def _frames(texts):
     return [wire.decode_binary(t)[0] for t in texts if isinstance(t, bytes)]
 
@@ -35,10 +44,7 @@ def test_start_goes_out_once_and_frames_wait_for_the_session():
 
 
 def test_one_frame_in_flight_and_a_new_capture_replaces_the_pending_one():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running()
     box.offer(1, {"init": b"a"}, "png")
     assert [h["frame"] for h in _frames(box.outgoing())] == [1]
     for frame in range(2, 52):  # a burst of captures while frame 1 renders
@@ -52,10 +58,7 @@ def test_one_frame_in_flight_and_a_new_capture_replaces_the_pending_one():
 
 
 def test_a_failed_frame_frees_the_slot_and_late_results_of_old_sessions_are_ignored():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running()
     box.offer(1, {"init": b"a"}, "png")
     box.outgoing()
     box.offer(2, {"init": b"a"}, "png")
@@ -66,10 +69,7 @@ def test_a_failed_frame_frees_the_slot_and_late_results_of_old_sessions_are_igno
 
 
 def test_updates_reach_the_session_and_a_dropped_connection_starts_it_again():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {"preset": "turbo"}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running({"preset": "turbo"})
     box.update({**REQUEST, "prompt": "marble"}, {"preset": "lcm"}, client_ref="live")
     (update,) = [json.loads(t) for t in box.outgoing()]
     assert update == {"type": "live_update", "job_id": "live-1", "request": {**REQUEST, "prompt": "marble"},
@@ -86,10 +86,7 @@ def test_updates_reach_the_session_and_a_dropped_connection_starts_it_again():
 
 
 def test_stop_sends_live_stop_and_drops_what_waits():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running()
     box.offer(1, {"init": b"a"}, "png")
     box.stop()
     box.offer(2, {"init": b"a"}, "png")  # captured after stop: ignored
@@ -110,10 +107,7 @@ def test_a_refused_start_turns_live_off():
 
 
 def test_a_reshaping_update_drops_the_old_shape_and_frees_the_slot_once_the_server_has_it():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running()
     box.offer(1, {"init": b"a"}, "png")
     box.outgoing()  # frame 1 in flight
     box.offer(2, {"init": b"a"}, "png")  # pending, captured without the depth map
@@ -131,10 +125,7 @@ def test_a_reshaping_update_drops_the_old_shape_and_frees_the_slot_once_the_serv
 
 
 def test_a_new_connection_forgets_what_was_meant_for_the_old_session():
-    box = live_link.LiveOutbox()
-    box.start(REQUEST, {}, client_ref="live")
-    box.outgoing()
-    _started(box)
+    box = _running()
     box.update({**REQUEST, "prompt": "marble"}, {}, client_ref="live")  # queued, never sent: the link dropped
     box.on_disconnected()
     (restart,) = box.outgoing()
