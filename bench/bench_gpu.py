@@ -240,7 +240,7 @@ async def live_fps(url: str, token: str, size: int, seconds: float, outstanding:
         await ws.send_json({"type": "hello", "client": "bench-gpu", "token": token})
 
         async def receive():
-            msg = await asyncio.wait_for(ws.receive(), 600)
+            msg = await asyncio.wait_for(ws.receive(), 180)
             if msg.type == aiohttp.WSMsgType.TEXT:
                 return parse_server_event(msg.data)
             if msg.type == aiohttp.WSMsgType.BINARY:
@@ -280,10 +280,13 @@ async def live_fps(url: str, token: str, size: int, seconds: float, outstanding:
             header, _ = await until("live_result")
             results += 1
             latencies.append((time.perf_counter() - sent_at[header.frame]) * 1000.0)
-            await send()
+            # A result for frame r answers every frame up to r (rendered, or replaced while pending).
+            while frame - header.frame < outstanding:
+                await send()
         elapsed = time.perf_counter() - clock
-        for _ in range(outstanding):  # what is still on its way is answered (not counted) before the stop
-            await until("live_result")
+        last = header.frame
+        while last < frame:  # what is still on its way is answered (not counted) before the stop
+            last = (await until("live_result"))[0].frame
         await ws.send_json({"type": "live_stop", "job_id": session_id})
         stopped = await until("live_stopped")
     return results / elapsed, statistics.median(latencies), stopped.frames.dropped
@@ -355,13 +358,14 @@ async def run(args) -> None:
                     for outstanding, how in ((1, "one in flight (the add-on)"), (2, "one rendering + one pending")):
                         fps, p50, dropped = await live_fps(url, settings.token, live_size, seconds, outstanding)
                         out.append(f"{label}, {how}: {fps:.1f} frames/s, latency p50 {p50:.0f} ms, "
-                                   f"{dropped} dropped as stale")
+                                   f"{dropped} replaced while pending (stale, never rendered)")
             return out
 
         started = time.perf_counter()
-        await section(f"SD1.5 {sd_size}² ({steps} steps)", sd15)
-        await section(f"SDXL {xl_size}² ({steps} steps)", sdxl)
-        await section(f"SD-Turbo architecture {live_size}², one-step img2img live session (TAESD)", live)
+        sections = {"sd15": (f"SD1.5 {sd_size}² ({steps} steps)", sd15), "sdxl": (f"SDXL {xl_size}² ({steps} steps)", sdxl),
+                    "live": (f"SD-Turbo architecture {live_size}², one-step img2img live session (TAESD)", live)}
+        for key in args.only:
+            await section(*sections[key])
     print(f"\nsummary ({time.perf_counter() - started:.0f} s):")
     for line in results:
         print(f"  {line}")
@@ -377,6 +381,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps of the timed jobs (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per figure (medians; default 3)")
     parser.add_argument("--live-seconds", type=float, default=6.0, help="seconds each live measure runs")
+    parser.add_argument("--only", nargs="+", choices=("sd15", "sdxl", "live"), default=["sd15", "sdxl", "live"],
+                        help="the sections to run (default all, in this order)")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
     args = parser.parse_args()
     _quiet()
