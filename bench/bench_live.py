@@ -41,7 +41,7 @@ import bpy  # noqa: E402  (before the helpers: they enable the add-on in this Bl
 import lb_blender  # noqa: E402
 from lb_server import ServerProcess, point_prefs_at, pump  # noqa: E402
 
-STAGES = ("capture", "outbox", "server_wait", "server_decode", "server_setup", "server_denoise", "server_vae",
+STAGES = ("capture", "build", "outbox", "server_wait", "server_decode", "server_setup", "server_denoise", "server_vae",
           "server_encode", "network", "apply")
 
 

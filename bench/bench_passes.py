@@ -15,9 +15,9 @@ and world light; five materials, Workbench as the scene engine):
 Rows: data passes only (1 sample, no bounces), and with the colour at passes.COLOR_SAMPLES (8)
 samples, denoiser off and on.
 Figures are medians over --rounds after one warm-up render (the first Cycles render of a session
-may cost more; it is printed separately). For reference, the add-on's current
-separate renders: the Workbench colour render (`capture.render_png`) and the Workbench mask
-render of the selected objects (`capture.object_mask_png`).
+may cost more; it is printed separately). For reference: the scene's own Workbench render of the
+colour as a PNG (`capture.render_png`), what a Workbench scene's colour costs beside its data
+render. bench_capture.py measures a whole Generate's capture as the add-on runs it.
 """
 
 from __future__ import annotations
@@ -118,20 +118,16 @@ def measure(scene, size: int, wanted: set[str], denoise: bool, rounds: int) -> d
     return {key: statistics.median(values) for key, values in rows.items()}
 
 
-def reference(scene, size: int, rounds: int) -> tuple[float, float]:
+def reference(scene, size: int, rounds: int) -> float:
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
-    selected = [o for o in scene.objects if o.select_get()]
     capture.render_png(scene)  # warm-up: the first Workbench render also starts its GL context
-    colour, mask = [], []
+    colour = []
     for _ in range(rounds):
         start = time.perf_counter()
         capture.render_png(scene)
         colour.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        capture.object_mask_png(scene, selected)
-        mask.append(time.perf_counter() - start)
-    return statistics.median(colour), statistics.median(mask)
+    return statistics.median(colour)
 
 
 def main() -> int:
@@ -157,8 +153,7 @@ def main() -> int:
             m = measure(scene, size, wanted, denoise, args.rounds)
             print(f"  {label:38s} {m['render']:7.3f} {m['passes']:7.3f} {m.get('color', 0.0):7.3f} "
                   f"{m['main']:7.3f} {m['off']:9.3f} {m['total']:7.3f}")
-        colour, mask = reference(scene, size, args.rounds)
-        print(f"  reference, today's separate renders: Workbench colour {colour:.3f} s + Workbench mask {mask:.3f} s")
+        print(f"  reference: the scene's own Workbench render → PNG {reference(scene, size, args.rounds):.3f} s")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         tracebacks = sum("Traceback" in line for line in server.lines)
         errors = sum(" ERROR " in line for line in server.lines)
         print(f"server log: {len(server.lines)} lines, {tracebacks} tracebacks, {errors} ERROR lines")
+        for i, line in enumerate(server.lines):
+            if " ERROR " in line or "Traceback" in line:
+                print("\n".join(server.lines[i:i + 80]))  # the first one, in full
+                break
         if api.failures and args.verbose:
             print(api.output[-20000:])
     return 0 if not api.failures and not ws.failures and alive and not tracebacks and not errors else 1

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import bpy
 
-from . import capture, feedback, live, menus, operators, ops_server, panels, preferences, properties, session
+from . import (capture, control_ui, feedback, live, menus, operators, ops_server, panels, preferences, properties, session,
+               texture_ui)
 from .controller import controller, timer
+from .worker import worker
 
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
-    properties.classes + preferences.classes + operators.classes + ops_server.classes + menus.classes + panels.classes
-    + live.classes
+    control_ui.classes + texture_ui.classes + properties.classes + preferences.classes + operators.classes
+    + ops_server.classes + menus.classes + panels.classes + live.classes
 )
 
 
 def register() -> None:
     _register_classes()
     properties.register()
+    control_ui.register()
+    texture_ui.register()
     live.register()
     session.register()
     menus.register()
@@ -35,8 +39,11 @@ def unregister() -> None:
         bpy.app.handlers.depsgraph_update_post.remove(capture.note_changes)
     live.unregister()
     controller.shutdown()
+    worker.stop()
     feedback.unregister()
     menus.unregister()
     session.unregister()
+    texture_ui.unregister()
+    control_ui.unregister()
     properties.unregister()
     _unregister_classes()

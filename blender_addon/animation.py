@@ -17,8 +17,9 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import apply, capture, png
+from . import apply, capture, conditioning, control_ui, png, render_files
 from .controller import ConnectRefused, JobContext, controller
+from .worker import Task, worker
 
 
 class AnimationError(Exception):
@@ -37,6 +38,7 @@ class AnimationRun:
     feed_weight: float = 0.5
     pack: bool = False
     epoch: int = 0
+    specs: list[conditioning.ControlSpec] = field(default_factory=list)  # scene controls of every frame
     done: list[int] = field(default_factory=list)
     current: int | None = None
     job: JobContext | None = None
@@ -106,14 +108,17 @@ def start(context: bpy.types.Context, resume: bool = False) -> AnimationRun:
     frames = missing_frames(scene) if resume else list(range(first, last + 1))
     if not frames:
         raise AnimationError(f"Every frame of {first}-{last} is already in {folder}")
+    specs = control_ui.scene_specs(scene, "img2img")
+    control_ui.check_server(specs, "img2img")
     seed = settings.next_seed()  # one seed for every frame
     request = settings.build_request(scene, seed)
     request.update(mode="img2img", batch_size=1)
     request.pop("mask", None)
     request.pop("outpaint", None)
+    conditioning.add_units(request, specs)
     os.makedirs(folder, exist_ok=True)
     run = AnimationRun(scene.name, frames, first, last, folder, request, settings.anim_feed_previous,
-                       settings.anim_feed_weight, settings.anim_pack, controller.epoch)
+                       settings.anim_feed_weight, settings.anim_pack, controller.epoch, specs=specs)
     _runs[scene.name] = run
     settings.running, settings.error = True, ""
     settings.remember_prompt()
@@ -147,27 +152,17 @@ def tick() -> None:
             _next_frame(run)
 
 
-def frame_images(scene: bpy.types.Scene, run: AnimationRun, frame: int) -> dict[str, tuple[bytes, str]]:
-    """The uploads for one frame, by role: `init` is the frame's render (blended with the previous
-    frame's result when asked). Conditioning images made from the same render (depth, normals)
-    join here as further roles when the protocol carries them."""
-    init = capture.render(scene).png
+def frame_images(scene: bpy.types.Scene, run: AnimationRun, frame: int) -> Task:
+    """The uploads of one frame, made on the worker thread from ONE capture of its render: `init`
+    is the frame's colour (blended with the previous frame's result when asked), `control.<i>`
+    the maps of the scene controls from the same render's passes."""
+    rendered = capture.render(scene, passes=conditioning.passes_needed(run.specs))
+    job = conditioning.Capture(color=rendered.color, passes=rendered.passes)
     previous = frame_path(run.folder, run.scene, frame - 1)
     if run.feed_previous and run.feed_weight > 0 and os.path.isfile(previous):
         with open(previous, "rb") as f:
-            init = blend_png(init, f.read(), run.feed_weight)
-    return {"init": (init, "png")}
-
-
-def blend_png(current: bytes, previous: bytes, weight: float) -> bytes:
-    """(1 - weight) × current + weight × previous, at the current image's size."""
-    a, b = png_pixels(current), png_pixels(previous)
-    if b.shape[:2] != a.shape[:2]:
-        rows = np.arange(a.shape[0]) * b.shape[0] // a.shape[0]
-        cols = np.arange(a.shape[1]) * b.shape[1] // a.shape[1]
-        b = b[rows][:, cols]
-    mixed = (1.0 - weight) * a[:, :, :3] + weight * b[:, :, :3]
-    return png.encode_png(png.float_to_uint8(mixed))
+            job.previous, job.previous_weight = png_pixels(f.read()), run.feed_weight
+    return worker.submit(conditioning.build_uploads, job, run.specs, label=f"frame {frame}")
 
 
 def png_pixels(data: bytes) -> np.ndarray:
@@ -193,10 +188,10 @@ def _next_frame(run: AnimationRun) -> None:
     run.current = frame
     scene.frame_set(frame)
     try:
-        images = frame_images(scene, run, frame)
-        run.job = controller.submit(bpy.context, dict(run.request), images, pack_inputs=False,
-                                    on_result=_on_result, on_end=_on_end, scene=scene)
-    except (capture.CaptureError, ConnectRefused) as exc:
+        pending = frame_images(scene, run, frame)
+        run.job = controller.submit(bpy.context, dict(run.request), {}, pack_inputs=False, on_result=_on_result,
+                                    on_end=_on_end, scene=scene, pending=pending, on_prepared=control_ui.show_uploads)
+    except (capture.CaptureError, ConnectRefused, render_files.RenderFileError) as exc:
         run.state = "failed"
         _end(run, f"Animation stopped at frame {frame}: {exc}", "ERROR")
         return

@@ -117,6 +117,24 @@ class PreviewWriter:
             self._scratch = None
 
 
+def write_pixels(name: str, flat: np.ndarray, width: int, height: int, *, float_buffer: bool, colorspace: str) -> bpy.types.Image:
+    """Pixels in Blender's layout (flat float32 RGBA, bottom row first: `pixels.blender_rgba`,
+    made off the main thread) into the generated image `name`, created or resized as needed, with
+    one `foreach_set`. An image of that name that is not such an image is renamed, never changed."""
+    image = bpy.data.images.get(name)
+    if image is None or image.source != "GENERATED" or image.is_float != float_buffer:
+        if image is not None:
+            image.name = name + " (old)"
+        image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=float_buffer)
+    elif tuple(image.size) != (width, height):
+        image.scale(width, height)
+    if image.colorspace_settings.name != colorspace:
+        image.colorspace_settings.name = colorspace
+    image.pixels.foreach_set(flat)
+    image.update()
+    return image
+
+
 def pack_png(png_bytes: bytes, name: str, width: int, height: int) -> bpy.types.Image:
     """A new image whose PNG bytes are packed into the .blend (kept even when unused)."""
     image = bpy.data.images.new(name, width, height)

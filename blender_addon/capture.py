@@ -1,9 +1,12 @@
-"""Pixels out of Blender: the render, the viewport, an image, object and painted masks → PNG bytes.
+"""Pixels out of Blender: the render (its colour and exact passes), the viewport, an image, painted
+and alpha masks.
 
-"Render Result" has no pixels in background/module mode, so renders are saved to a temp PNG
-(`save_render`, which applies the scene's view transform: the artist gets what they see) and
-read back. Masks are rendered by us with Workbench, flat colours and the Standard view transform,
-so white means exactly "repaint".
+"Render Result" has no pixels in background/module mode, so renders are saved and read back:
+`render()` captures the scene's colour (saved as an uncompressed Targa with the scene's view
+transform: the artist gets what they see) together with the exact passes of the same view
+(passes.py) — the selected-objects mask comes from that render's object index pass, control maps
+from its depth/normal/index passes. The arrays are encoded to PNG off the main thread
+(conditioning.py). Other sources (viewport, existing images) are PNG bytes at once.
 """
 
 from __future__ import annotations
@@ -12,17 +15,16 @@ import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from . import png, render_files
+from . import png
+from .control_maps import PassSet
+from .pixels import nearest_resize, opaque_rgb
 
-# Engines whose renders have an Object Index pass: the inpaint mask comes from the same render.
-INDEX_PASS_ENGINES = {"CYCLES"}
-INDEX_PASS_NAMES = ("Object Index", "IndexOB")  # Blender 5.x, 4.x
 # Data whose change does not change a render: ours (previews, results) and UI data.
 _IGNORED_UPDATES = (bpy.types.Image, bpy.types.WindowManager, bpy.types.Screen, bpy.types.WorkSpace)
 
@@ -69,29 +71,12 @@ def image_pixels(image: bpy.types.Image) -> np.ndarray:
     return flat.reshape(height, width, 4)[::-1]
 
 
-def _load_png_pixels(path: str) -> np.ndarray:
-    image = bpy.data.images.load(path, check_existing=False)
-    try:
-        return image_pixels(image)
-    finally:
-        bpy.data.images.remove(image)
-
-
 def _png_settings(scene: bpy.types.Scene, color_mode: str) -> tuple[tuple[Any, str, Any], ...]:
     settings = scene.render.image_settings
     out: list[tuple[Any, str, Any]] = []
     if hasattr(settings, "media_type"):  # Blender 5.0+: file_format depends on it
         out.append((settings, "media_type", "IMAGE"))
     out += [(settings, "file_format", "PNG"), (settings, "color_mode", color_mode), (settings, "color_depth", "8")]
-    return tuple(out)
-
-
-def _exr_settings(scene: bpy.types.Scene) -> tuple[tuple[Any, str, Any], ...]:
-    settings = scene.render.image_settings
-    out: list[tuple[Any, str, Any]] = []
-    if hasattr(settings, "media_type"):
-        out.append((settings, "media_type", "MULTI_LAYER_IMAGE"))
-    out += [(settings, "file_format", "OPEN_EXR_MULTILAYER"), (settings, "exr_codec", "NONE"), (settings, "color_depth", "32")]
     return tuple(out)
 
 
@@ -104,22 +89,23 @@ def save_render_png(image: bpy.types.Image, scene: bpy.types.Scene, color_mode: 
             return f.read()
 
 
-def _render_op(scene: bpy.types.Scene) -> None:
+def render_op(scene: bpy.types.Scene, layer: str = "") -> None:
     """A still render, also from a timer (an animation's next frame), where the context has no
     screen: then the first window's screen is lent to the operator."""
+    options = {"write_still": False, "scene": scene.name, **({"layer": layer} if layer else {})}
     context = bpy.context
     windows = context.window_manager.windows if context.window_manager else ()
     if context.screen is None and len(windows):
         with context.temp_override(window=windows[0], screen=windows[0].screen):
-            bpy.ops.render.render(write_still=False, scene=scene.name)
+            bpy.ops.render.render(**options)
         return
-    bpy.ops.render.render(write_still=False, scene=scene.name)
+    bpy.ops.render.render(**options)
 
 
 def _render_to_png(scene: bpy.types.Scene, color_mode: str = "RGB") -> bytes:
     if scene.camera is None:
         raise CaptureError("The scene has no active camera to render from")
-    _render_op(scene)
+    render_op(scene)
     result = bpy.data.images.get("Render Result")
     if result is None:
         raise CaptureError("Rendering produced no result")
@@ -128,12 +114,21 @@ def _render_to_png(scene: bpy.types.Scene, color_mode: str = "RGB") -> bytes:
 
 @dataclass
 class Render:
-    """One render of the scene: what the artist sees (PNG), and where the objects asked for
-    are seen (a float mask, top row first) when the engine has an Object Index pass."""
+    """One capture of the scene from its camera: the colour as the artist sees it (uint8 RGBA or
+    float RGBA 0..1, top row first; None when only passes were asked for) and the exact passes of
+    the render (`passes.render_passes`). Plain data: the worker thread turns it into uploads."""
 
-    png: bytes
-    mask: np.ndarray | None = None
+    color: np.ndarray | None
+    passes: PassSet | None = None
+    renders: int = 0
     key: tuple = ()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the colour (or of the passes when there is no colour)."""
+        if self.color is not None:
+            return self.color.shape[1], self.color.shape[0]
+        return (self.passes.width, self.passes.height) if self.passes is not None else (0, 0)
 
 
 class _Changes:
@@ -171,55 +166,73 @@ def _flush_changes(scene: bpy.types.Scene) -> None:
         layer.update()
 
 
-def _render_key(scene: bpy.types.Scene, masked: tuple[str, ...]) -> tuple:
+def _render_key(scene: bpy.types.Scene, what: tuple) -> tuple:
     r, v = scene.render, scene.view_settings
     return (_Changes.count, bpy.data.filepath, scene.frame_current, scene.camera.name if scene.camera else "",
             r.engine, r.resolution_x, r.resolution_y, r.resolution_percentage, r.film_transparent,
-            v.view_transform, v.look, v.exposure, v.gamma, scene.display_settings.display_device, masked)
+            v.view_transform, v.look, v.exposure, v.gamma, scene.display_settings.display_device, what)
 
 
-def render(scene: bpy.types.Scene, mask_objects: list[bpy.types.Object] | None = None, reuse: bool = False) -> Render:
-    """Render the scene once with its own engine and settings. With `mask_objects`, the same
-    render's Object Index pass gives their mask (engines without that pass: a quick flat
-    Workbench render instead). `reuse`: the last render, when nothing it depends on changed."""
+def render(
+    scene: bpy.types.Scene,
+    *,
+    passes: Iterable[str] = (),
+    color: bool = True,
+    size: tuple[int, int] | None = None,
+    overscan: tuple[int, int, int, int] | None = None,
+    reuse: bool = False,
+) -> Render:
+    """Capture the scene from its camera: its colour as the artist renders it and the exact
+    `passes` (any of depth, normal, object_index, material_index) of the same view.
+
+    - Cycles scene: ONE render gives the colour (the scene's own samples, denoiser, lights and
+      materials) and every pass (`passes.render_passes`).
+    - Another engine (EEVEE, Workbench): the colour comes from the scene's own engine (the look
+      the artist chose, which Cycles cannot reproduce) and, when passes are asked for, one
+      data-only Cycles render (1 sample, no bounces) adds them: see docs/blender-passes.md.
+    - No colour: one data-only render at `size` (default: the render resolution).
+
+    `overscan` (left, top, right, bottom) render pixels grows the passes' frame past the camera's
+    (outpainting); the colour stays the camera's own frame. `reuse`: the last capture again when
+    nothing it depends on changed since."""
+    from . import passes as passes_mod  # passes.py builds on this module's helpers
+
     if scene.camera is None:
         raise CaptureError("The scene has no active camera to render from")
-    masked = tuple(sorted(o.name for o in mask_objects or ()))
+    wanted = frozenset(passes)
+    what = (color, tuple(sorted(wanted)), size, overscan)
     _flush_changes(scene)
     last = _last.get(scene.name)
-    if reuse and last is not None and last.key == _render_key(scene, masked):
+    if reuse and last is not None and last.key == _render_key(scene, what):
         return last
-    if mask_objects is not None and scene.render.engine in INDEX_PASS_ENGINES:
-        result = _render_with_index(scene, mask_objects)
+    pass_set, image, count = None, None, 0
+    if color and scene.render.engine == "CYCLES":
+        pass_set = passes_mod.render_passes(scene, wanted | {"color"}, overscan=overscan)
+        image = pass_set.arrays.pop("color")
+        if overscan is not None:  # the colour is the camera's frame: the middle of the grown one
+            left, top, right, bottom = overscan
+            image = image[top: image.shape[0] - bottom, left: image.shape[1] - right]
+        count = 1
     else:
-        result = Render(_render_to_png(scene))
-        if mask_objects is not None:
-            result.mask = object_mask(scene, mask_objects)
+        if color:
+            render_op(scene)
+            result = bpy.data.images.get("Render Result")
+            if result is None:
+                raise CaptureError("Rendering produced no result")
+            image = passes_mod.save_color(result, scene)
+            count = 1
+        if wanted:
+            pass_set = passes_mod.render_passes(scene, wanted, size=None if color else size, overscan=overscan)
+            count += 1
     _flush_changes(scene)  # our own temporary changes (pass indices…) are put back by now
-    result.key = _render_key(scene, masked)
+    result = Render(image, pass_set, count, _render_key(scene, what))
     _last[scene.name] = result
     return result
 
 
-def _render_with_index(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> Render:
-    wanted = {o.name for o in objects}
-    settings: list[tuple[Any, str, Any]] = [(layer, "use_pass_object_index", True) for layer in scene.view_layers]
-    settings += [(o, "pass_index", 1 if o.name in wanted else 0) for o in scene.objects]
-    with temporarily(*settings):
-        data = _render_to_png(scene)
-        result = bpy.data.images["Render Result"]
-        with temporarily(*_exr_settings(scene)), _temp_png(".exr") as path:
-            result.save_render(filepath=path, scene=scene)
-            with open(path, "rb") as f:
-                index = render_files.find_pass(render_files.read_exr(f.read()), *INDEX_PASS_NAMES)
-    if index is None:
-        raise CaptureError("The render has no Object Index pass")
-    return Render(data, (np.abs(index - 1.0) < 0.5).astype(np.float32))
-
-
 def render_png(scene: bpy.types.Scene) -> bytes:
     """Render the scene with its own engine and settings; PNG bytes of what the artist sees."""
-    return render(scene).png
+    return png.encode_png(opaque_rgb(render(scene).color))
 
 
 def workbench_png(scene: bpy.types.Scene) -> bytes:
@@ -262,65 +275,14 @@ def image_png(image: bpy.types.Image, scene: bpy.types.Scene | None = None) -> b
     return png.encode_png(png.float_to_uint8(rgb))
 
 
-def mask_png(mask: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
-    return png.encode_png(png.float_to_uint8(mask if size is None else _resize_nearest(mask, size)))
-
-
-def object_mask_png(scene: bpy.types.Scene, objects: list[bpy.types.Object], size: tuple[int, int] | None = None) -> bytes:
-    """PNG of `object_mask`, resized to `size` (width, height) to match the image it masks."""
-    return mask_png(object_mask(scene, objects), size)
-
-
-def object_mask(scene: bpy.types.Scene, objects: list[bpy.types.Object]) -> np.ndarray:
-    """White where the given objects are visible from the camera, black elsewhere (occlusion by
-    other objects included): a flat Workbench render with per-object colours."""
-    if not objects:
-        raise CaptureError("Select the objects to mask first")
-    wanted = {o.name for o in objects}
-    shading = scene.display.shading
-    view = scene.view_settings
-    settings: list[tuple[Any, str, Any]] = [
-        (scene.render, "engine", "BLENDER_WORKBENCH"),
-        (scene.render, "film_transparent", True),
-        (shading, "light", "FLAT"),
-        (shading, "color_type", "OBJECT"),
-        (shading, "show_object_outline", False),
-        (shading, "show_cavity", False),
-        (shading, "show_shadows", False),
-        (shading, "show_xray", False),
-        (view, "view_transform", "Standard"),
-        (view, "look", "None"),
-        (view, "exposure", 0.0),
-        (view, "gamma", 1.0),
-    ]
-    for obj in scene.objects:
-        settings.append((obj, "color", (1.0, 1.0, 1.0, 1.0) if obj.name in wanted else (0.0, 0.0, 0.0, 1.0)))
-    with temporarily(*settings):
-        data = _render_to_png(scene, color_mode="RGBA")
-    with _temp_png() as path:
-        with open(path, "wb") as f:
-            f.write(data)
-        pixels = _load_png_pixels(path)
-    return pixels[:, :, 0] * pixels[:, :, 3]
-
-
 def painted_mask_png(mask_image: bpy.types.Image, size: tuple[int, int]) -> bytes:
     """A painted mask image (white = repaint), resized to `size` (width, height) if needed."""
     pixels = image_pixels(mask_image)
     mask = pixels[:, :, :3].max(axis=2) * pixels[:, :, 3]
-    return png.encode_png(png.float_to_uint8(_resize_nearest(mask, size)))
+    return png.encode_png(png.float_to_uint8(nearest_resize(mask, size)))
 
 
 def alpha_mask_png(image: bpy.types.Image) -> bytes:
     """Erased (transparent) parts of an image become the area to repaint."""
     pixels = image_pixels(image)
     return png.encode_png(png.float_to_uint8(1.0 - pixels[:, :, 3]))
-
-
-def _resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    if values.shape[1] == width and values.shape[0] == height:
-        return values
-    rows = (np.arange(height) * values.shape[0] // height).clip(0, values.shape[0] - 1)
-    cols = (np.arange(width) * values.shape[1] // width).clip(0, values.shape[1] - 1)
-    return values[rows][:, cols]

@@ -291,11 +291,11 @@ class Connection:
     def _fetch_models(self) -> None:
         """GET /api/v1/models and /api/v1/loras (best effort: the lists only fill the pickers)."""
         try:
-            names = model_names(self._http_json("/api/v1/models")[1])
+            body = self._http_json("/api/v1/models")[1]
         except (OSError, ValueError) as exc:
-            self._push(Incoming("models", {"models": [], "error": f"Could not list models: {exc}"}))
+            self._push(Incoming("models", {"models": [], "controlnets": [], "error": f"Could not list models: {exc}"}))
         else:
-            self._push(Incoming("models", {"models": names}))
+            self._push(Incoming("models", {"models": model_names(body), "controlnets": controlnet_entries(body)}))
         try:
             status, body = self._http_json("/api/v1/loras")
         except (OSError, ValueError) as exc:
@@ -450,6 +450,21 @@ def model_names(data: Any) -> list[str]:
         if isinstance(name, str) and name and name not in names:
             names.append(name)
     return names
+
+
+def controlnet_entries(data: Any) -> list[dict[str, str]]:
+    """ControlNets from the models list's `controlnets`: `[{"name", "kind"[, "type"]}]` (the
+    control type a configured default serves); anything else is left out."""
+    items = data.get("controlnets") if isinstance(data, dict) else None
+    out: list[dict[str, str]] = []
+    for item in items if isinstance(items, list) else []:
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name and all(e["name"] != name for e in out):
+            entry = {"name": name, "kind": str(item.get("kind") or "")}
+            if isinstance(item.get("type"), str):
+                entry["type"] = item["type"]
+            out.append(entry)
+    return out
 
 
 def lora_entries(data: Any) -> list[dict[str, str]]:

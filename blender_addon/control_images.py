@@ -9,38 +9,25 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from .apply import pack_png
+from .apply import pack_png, write_pixels
+from .pixels import blender_rgba
 
 CONTROL_IMAGE = "Latent Bridge Control"
 KIND_PROP = "latentbridge_control"
 
 
-def _rgba_pixels(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (h, w, 3|4), top row first → flat float32 RGBA in Blender's bottom-up order."""
+def show_control_map(rgb: np.ndarray, name: str = CONTROL_IMAGE, kind: str = "") -> bpy.types.Image:
+    """Write a control map (uint8 (h, w, 3|4), top row first) into the image `name`, so the artist
+    can look at it in the Image Editor."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
         raise ValueError("a control map is a uint8 array of shape (height, width, 3 or 4)")
-    height, width = rgb.shape[:2]
-    pixels = np.empty((height, width, 4), np.float32)
-    pixels[..., :3] = rgb[::-1, :, :3]
-    pixels[..., 3] = rgb[::-1, :, 3] if rgb.shape[2] == 4 else 255
-    pixels *= np.float32(1.0 / 255.0)
-    return pixels.ravel()
+    return show_pixels(blender_rgba(rgb), rgb.shape[1], rgb.shape[0], name, kind)
 
 
-def show_control_map(rgb: np.ndarray, name: str = CONTROL_IMAGE, kind: str = "") -> bpy.types.Image:
-    """Write a control map into the image `name` (created, or resized, as needed) with one
-    `foreach_set`, so the artist can look at it in the Image Editor."""
-    height, width = rgb.shape[:2]
-    image = bpy.data.images.get(name)
-    if image is None or image.source != "GENERATED" or image.is_float:
-        if image is not None:  # a file/packed or float image of that name: leave it alone
-            image.name = name + " (old)"
-        image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=False)
-        image.colorspace_settings.name = "Non-Color"
-    elif tuple(image.size) != (width, height):
-        image.scale(width, height)
-    image.pixels.foreach_set(_rgba_pixels(rgb))
-    image.update()
+def show_pixels(flat: np.ndarray, width: int, height: int, name: str = CONTROL_IMAGE, kind: str = "") -> bpy.types.Image:
+    """Pixels already in Blender's layout (`pixels.blender_rgba`, made off the main thread) into
+    the byte image `name` (Non-Color) with one `foreach_set`."""
+    image = write_pixels(name, flat, width, height, float_buffer=False, colorspace="Non-Color")
     if kind:
         image[KIND_PROP] = kind
     return image

@@ -36,7 +36,7 @@ class JobContext:
     texture: bool = False
     targets: list[str] = field(default_factory=list)
     job_id: str | None = None
-    state: str = "submitted"  # submitted, queued, running, done, cancelled, failed
+    state: str = "submitted"  # preparing, submitted, queued, running, done, cancelled, failed
     seed: int | None = None
     inputs: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # role → uploaded bytes
     input_images: dict[str, str] = field(default_factory=dict)  # role → packed image name
@@ -51,6 +51,11 @@ class JobContext:
     # and with (job) when it ends.
     on_result: Callable[["JobContext", int, bytes], None] | None = None
     on_end: Callable[["JobContext"], None] | None = None
+    # Uploads still being made on the worker thread (state "preparing"): a worker.Task whose
+    # result is a conditioning.Uploads; the job is sent when it finishes, after `on_prepared`.
+    pending: Any = None
+    on_prepared: Callable[["JobContext", Any], None] | None = None
+    pack_inputs: bool = True
     submitted_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
 
@@ -79,6 +84,7 @@ class Controller:
         self._pending_previews: dict[str, Incoming] = {}  # client_ref → newest undecoded preview
         self.messages: list[tuple[str, str]] = []  # (level, text) reported, newest last
         self.models: list[str] = []
+        self.controlnets: list[dict[str, str]] = []  # GET /api/v1/models → controlnets (name, kind[, type])
         self.loras: list[dict[str, str]] = []
         self.loras_note = ""
         self.backend = LocalBackend()
@@ -152,9 +158,15 @@ class Controller:
         on_result: Callable[[JobContext, int, bytes], None] | None = None,
         on_end: Callable[[JobContext], None] | None = None,
         scene: bpy.types.Scene | None = None,
+        pending: Any = None,
+        on_prepared: Callable[[JobContext, Any], None] | None = None,
     ) -> JobContext:
         """Send a job (never waits on the network). Its inputs are packed now, so a file saved
-        while it runs still has them when it is reopened (`input_images` reuses packed ones)."""
+        while it runs still has them when it is reopened (`input_images` reuses packed ones).
+
+        `pending`: a worker.Task still making more uploads (control maps, PNGs of a render); the
+        job waits as "preparing" and is sent by the drain step once the task is done (after
+        `on_prepared(job, uploads)`), so the main thread never encodes."""
         scene = scene or context.scene
         conn = self.connect_from_prefs(context)
         # A server on this machine sends raw previews: no decoding on Blender's main thread.
@@ -163,17 +175,48 @@ class Controller:
                          epoch=self.epoch, blend_file=bpy.data.filepath)
         job.input_images = dict(input_images or {})
         job.on_result, job.on_end = on_result, on_end
-        if pack_inputs:
-            results.pack_inputs(job)
+        job.pending, job.on_prepared, job.pack_inputs = pending, on_prepared, pack_inputs
         self.jobs[job.client_ref] = job
-        conn.submit(request, images, client_ref=job.client_ref)
         settings = scene.latentbridge
         settings.running = True
         settings.error = ""
         settings.progress, settings.step, settings.total, settings.eta = 0.0, 0, request.get("steps", 0), -1.0
-        settings.status = "Submitted…"
+        if pending is not None:
+            job.state = "preparing"
+            settings.status = "Preparing the images…"
+        else:
+            self._send(job, conn)
         self.persist(job.scene)
         return job
+
+    def _send(self, job: JobContext, conn: Connection) -> None:
+        if job.pack_inputs:
+            results.pack_inputs(job)
+        job.state = "submitted"
+        conn.submit(job.request, job.inputs, client_ref=job.client_ref)
+        self._set_status(job, "Submitted…")
+
+    def _send_prepared(self) -> None:
+        """Send the first job whose uploads the worker finished (one per tick: packing its
+        inputs is the only main-thread work left)."""
+        job = next((j for j in self.jobs.values() if j.state == "preparing" and j.pending is not None and j.pending.done), None)
+        if job is None:
+            return
+        task, job.pending = job.pending, None
+        try:
+            uploads = task.result()
+        except Exception as exc:  # a capture the artist can fix (e.g. nothing to repaint), or a bug: said whole
+            job.error = str(exc) or type(exc).__name__
+            self._finish(job, "failed", job.error, level="ERROR")
+            return
+        if job.epoch != self.epoch or self.connection is None:
+            self._finish(job, "failed", "Not sent: the connection was closed while its images were prepared", level="ERROR")
+            return
+        job.inputs.update(uploads.images)
+        if job.on_prepared is not None:
+            job.on_prepared(job, uploads)
+        self._send(job, self.connection)
+        self.persist(job.scene)
 
     def track(self, job: JobContext) -> None:
         """Follow a job known only by its id (a reopened file): attach to it on the server."""
@@ -187,6 +230,11 @@ class Controller:
         if job.finished:
             return False
         job.cancel_requested = True
+        if job.state == "preparing":  # never sent: nothing to tell the server
+            if job.pending is not None:
+                job.pending.cancel()
+            self._finish(job, "cancelled", "Cancelled")
+            return True
         connected = self.connection is not None and self.connection.state == CONNECTED
         if job.job_id is not None and self.connection is not None:
             self.connection.cancel(job.job_id)  # queued until the connection is back
@@ -216,6 +264,7 @@ class Controller:
         """Apply what arrived; returns the tick's duration in ms (also kept in `tick_ms`)."""
         start = time.perf_counter()
         heavy = False
+        self._send_prepared()
         if self.writer.busy:
             job = self.jobs.get(self._writer_job or "")
             if job is not None and not job.results and not job.finished and job.epoch == self.epoch:
@@ -252,6 +301,7 @@ class Controller:
             self._on_state(item.event["state"], item.event["status"])
         elif item.kind == "models":
             self.models = list(item.event.get("models", []))
+            self.controlnets = list(item.event.get("controlnets", []))
             properties.set_model_names(self.models)
         elif item.kind == "loras":
             self.loras = list(item.event.get("loras", []))
@@ -367,7 +417,7 @@ class Controller:
 
     def _on_unowned_error(self, event: dict[str, Any]) -> None:
         """An error naming no job: a submit the server refused (the oldest not yet accepted)."""
-        job = next((j for j in self.jobs.values() if j.job_id is None and not j.finished), None)
+        job = next((j for j in self.jobs.values() if j.job_id is None and not j.finished and j.state != "preparing"), None)
         text = f"{event['message']} [{event['code']}]" + (f" (field {event['field']})" if event.get("field") else "")
         if job is None:
             self.report("ERROR", text)

@@ -9,13 +9,14 @@ from typing import Any
 
 import bpy
 
-from . import animation, wire
+from . import animation, texture_project, wire
 from .connection import CONNECTED, CONNECTING, INCOMPATIBLE, RETRYING, UNAUTHORIZED
 from .controller import controller, preferences
 
 ICONS = {  # one icon per action, used by panels, menus and headers alike
     "generate": "RENDER_STILL",
     "texture": "TEXTURE",
+    "project": "MOD_UVPROJECT",
     "animate": "RENDER_ANIMATION",
     "resume": "PLAY",
     "cancel": "CANCEL",
@@ -49,7 +50,7 @@ def progress_text(settings: Any) -> str:
     line = connection_line()
     if settings.running and controller.conn_state != CONNECTED and controller.connection is not None:
         return line[0]
-    frame = animation.frame_text(settings.id_data.name)
+    frame = animation.frame_text(settings.id_data.name) or texture_project.view_text(settings.id_data.name)
     if settings.running and settings.total:
         eta = f", ETA {settings.eta:.0f} s" if settings.eta >= 0 else ""
         step = f"Step {settings.step}/{settings.total}{eta}"

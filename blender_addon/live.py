@@ -29,12 +29,14 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
 
-from . import apply, capture, live_capture, panels, wire
+from . import apply, capture, conditioning, control_ui, live_capture, panels, wire
 from .controller import controller, preview_format
+from .worker import Task, TaskCancelled
 
 LIVE_IMAGE = "Latent Bridge Live"
 LIVE_FALLBACK_NOTE = live_capture.FALLBACK_NOTE
 TICK_S = 0.01  # live tick interval (the capture itself is throttled by max_fps)
+SETTINGS_CHECK_S = 0.1  # how often the tick compares the request with the session's
 PRESETS = [
     ("turbo", "Turbo", "SD-Turbo / SDXL-Turbo models: 1 step, no guidance"),
     ("lcm", "LCM", "LCM models or an LCM-LoRA (add it under LoRAs): 4 steps"),
@@ -66,14 +68,11 @@ class LATENTBRIDGE_PG_live(bpy.types.PropertyGroup):
                          description="Captures per second at most (each costs the main thread a draw or render)")
     decoder: EnumProperty(name="Decoder", items=DECODERS, default="taesd", update=_changed,
                           description="Which autoencoder turns the frames into pixels and back")
-    use_depth: BoolProperty(name="Depth", default=False, update=_changed,
-                            description="Steer with the scene's exact depth (a Cycles render of the camera per frame)")
-    use_normal: BoolProperty(name="Normals", default=False, update=_changed,
-                             description="Steer with the scene's exact normals (a Cycles render of the camera per frame)")
-    control_weight: FloatProperty(name="Control", default=0.8, min=0.0, max=2.0, update=_changed,
-                                  description="Weight of the depth/normal control")
+    use_controls: BoolProperty(name="Scene Controls", default=True, update=_changed,
+                               description="Steer live frames with the scene controls ticked in the Controls panel "
+                               "(depth, normal, line art, segmentation); each frame is then a Cycles render of the camera")
     controls_only: BoolProperty(name="Controls Only", default=False, update=_changed,
-                                description="Generate from the depth/normal maps alone, ignoring the scene's colours")
+                                description="Generate from the control maps alone, ignoring the scene's colours")
     show_overlay: BoolProperty(name="Show in Viewport", default=False,
                                description="Draw the newest result over the 3D view")
     running: BoolProperty(default=False, description="Live mode is on")
@@ -94,13 +93,15 @@ class LiveState:
     view_key: tuple = ()
     captured_at: dict[int, float] = field(default_factory=dict)  # frame → capture start (monotonic)
     capture_ms: dict[int, float] = field(default_factory=dict)  # frame → main-thread capture time
+    build_ms: dict[int, float] = field(default_factory=dict)  # frame → worker time (maps, PNGs)
+    building: tuple[int, Any] | None = None  # (frame, worker Task) of a frame being finished
     latencies: list[dict[str, float]] = field(default_factory=list)  # per applied result, newest last
     tick_ms: list[float] = field(default_factory=list)
     applied: int = 0
     note: str = ""  # why the capture used a fallback
     job_id: str | None = None
     overlay: Any = None
-    settings_key: tuple = ()
+    settings_checked: float = 0.0  # when the request was last built and compared (monotonic)
     capturing: bool = False
     scene_frame: int | None = None  # the scene frame of the last capture
 
@@ -115,19 +116,21 @@ def running() -> bool:
 # ------------------------------------------------------------------ start / stop
 
 
-def live_request(scene: bpy.types.Scene) -> tuple[dict[str, Any], dict[str, Any]]:
+def live_request(scene: bpy.types.Scene, check: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request, live options) for the scene: the main settings' prompt, seed, model and LoRAs,
-    with live mode's strength, size and control units."""
+    the scene controls' units, live mode's strength and size. `check`: refuse (CaptureError)
+    controls the connected server said it cannot run."""
     settings, live = scene.latentbridge, scene.latentbridge_live
     request = settings.build_request(scene, int(settings.seed))  # one seed for the session: a still scene stays still
     width, height = live_capture.frame_size(scene, live.size)
-    units = live_capture.control_kinds(live)
+    specs = live_capture.control_specs(scene)
     request.update(width=width, height=height, batch_size=1, seamless="none", strength=round(live.strength, 4),
-                   preview={"decoder": "none"}, mode="txt2img" if units and live.controls_only else "img2img")
-    for key in ("mask", "outpaint"):
+                   preview={"decoder": "none"}, mode="txt2img" if specs and live.controls_only else "img2img")
+    for key in ("mask", "outpaint", "controls"):
         request.pop(key, None)
-    if units:
-        request["controls"] = [{"type": kind, "weight": round(live.control_weight, 4)} for kind in units]
+    conditioning.add_units(request, specs)
+    if check:
+        control_ui.check_server(specs, request["mode"])
     options = {"preset": live.preset, "decoder": live.decoder, "format": preview_format(_connection_url())}
     if live.steps:
         options["steps"] = live.steps
@@ -142,9 +145,9 @@ def _connection_url() -> str:
 def start(context: bpy.types.Context) -> None:
     scene = context.scene
     conn = controller.connect_from_prefs(context)
+    request, options = live_request(scene, check=True)  # bad settings: refused before anything starts
     state.__init__()
     state.scene = scene.name
-    request, options = live_request(scene)
     state.request_key = json.dumps(sort_keys=True, obj={"request": request, "live": options})
     state.frame_shape = _frame_shape(request)
     conn.live.start(request, options, client_ref="live")
@@ -162,6 +165,9 @@ def stop(reason: str = "Stopped") -> None:
     if controller.connection is not None:
         controller.connection.live.stop()
     live_capture.overlay(state, False, LIVE_IMAGE)
+    if state.building is not None:
+        state.building[1].cancel()
+        state.building = None
     state.scene = ""
     if scene is not None:
         scene.latentbridge_live.running = False
@@ -190,9 +196,16 @@ def tick() -> float:
     if not running():
         return 0.0
     live = scene.latentbridge_live
-    if state.settings_dirty or _request_changed(scene):
-        state.settings_dirty = False
-        request, options = live_request(scene)
+    now = time.monotonic()
+    # Any setting that feeds the request (the main panel's, the scene controls', live's own) may
+    # change without telling us: the request is built again and compared, a few times a second.
+    if state.settings_dirty or now - state.settings_checked >= SETTINGS_CHECK_S:
+        state.settings_dirty, state.settings_checked = False, now
+        try:
+            request, options = live_request(scene, check=True)
+        except capture.CaptureError as exc:  # e.g. a scene control the server's model cannot take
+            _failed(str(exc))
+            return 0.0
         key = json.dumps(sort_keys=True, obj={"request": request, "live": options})
         if key != state.request_key:
             state.request_key = key
@@ -204,8 +217,10 @@ def tick() -> float:
         live_capture.overlay(state, live.show_overlay, LIVE_IMAGE)
     if _view_changed():
         state.dirty = True
-    now = time.monotonic()
-    if state.dirty and conn.live.job_id is not None and now - state.last_capture >= 1.0 / max(1, live.max_fps) \
+    ready = _collect_built(conn)
+    if not running():
+        return 0.0
+    if ready and state.dirty and conn.live.job_id is not None and now - state.last_capture >= 1.0 / max(1, live.max_fps) \
             and _worth_capturing(conn.live.pending_age()):
         state.dirty = False
         state.last_capture = now
@@ -236,34 +251,54 @@ def _capture(scene: bpy.types.Scene, conn: Any) -> None:
         for layer in scene.view_layers:  # evaluate them now, while they are ignored
             layer.update()
     except capture.CaptureError as exc:
-        stop(f"Stopped: {exc}")
-        controller.report("ERROR", f"Live: {exc}")
+        _failed(str(exc))
         return
     finally:
         state.capturing = False
-    state.note = frame.note
     state.capture_ms[state.frame] = (time.perf_counter() - started) * 1000.0
-    conn.live.offer(state.frame, frame.parts, frame.format, frame.width, frame.height)
     for old in [f for f in state.captured_at if f < state.frame - 64]:
-        state.captured_at.pop(old, None)
-        state.capture_ms.pop(old, None)
+        for table in (state.captured_at, state.capture_ms, state.build_ms):
+            table.pop(old, None)
+    if isinstance(frame, Task):  # its maps / PNGs are made on the worker thread: offered when done
+        state.building = (state.frame, frame)
+    else:
+        _offer(conn, state.frame, frame)
+
+
+def _offer(conn: Any, number: int, frame: live_capture.Frame) -> None:
+    state.note = frame.note
+    conn.live.offer(number, frame.parts, frame.format, frame.width, frame.height)
+
+
+def _collect_built(conn: Any) -> bool:
+    """A frame the worker was finishing: offered once done. False while it is still being made
+    (no new capture starts meanwhile: one frame in the making at a time)."""
+    if state.building is None:
+        return True
+    number, task = state.building
+    if not task.done:
+        return False
+    state.building = None
+    try:
+        frame = task.result()
+    except TaskCancelled:
+        return True
+    except (capture.CaptureError, conditioning.ConditioningError, ValueError) as exc:
+        _failed(str(exc))
+        return True
+    state.build_ms[number] = task.seconds * 1000.0
+    _offer(conn, number, frame)
+    return True
+
+
+def _failed(message: str) -> None:
+    stop(f"Stopped: {message}")
+    controller.report("ERROR", f"Live: {message}")
 
 
 def _frame_shape(request: dict[str, Any]) -> tuple:
     """What a frame carries: its size, whether it has the picture, its control maps."""
     return (request["width"], request["height"], request["mode"], tuple(c["type"] for c in request.get("controls", ())))
-
-
-def _request_changed(scene: bpy.types.Scene) -> bool:
-    """The main settings (prompt, seed, model, LoRAs) feed live mode too: compare cheaply."""
-    settings = scene.latentbridge
-    key = (settings.prompt, settings.negative_prompt, settings.seed, settings.model,
-           tuple((lo.name, lo.weight, lo.enabled) for lo in settings.loras), settings.steps, settings.guidance,
-           settings.sampler, settings.size_mode, settings.width, settings.height)
-    if key != state.settings_key:
-        state.settings_key = key
-        return True
-    return False
 
 
 def _view_changed() -> bool:
@@ -341,12 +376,14 @@ def _record_latency(header: dict[str, Any], apply_ms: float) -> None:
     sent = conn.live.sent_at.get(frame)
     timings = header.get("timings") or {}
     server = sum(v for k, v in timings.items() if k != "wait")
-    record = {"frame": frame, "revision": header.get("revision", 0), "total": total,
-              "capture": state.capture_ms.get(frame, 0.0),
-              "outbox": ((sent - captured) * 1000.0 - state.capture_ms.get(frame, 0.0)) if sent else 0.0,
+    capture_ms, build_ms = state.capture_ms.get(frame, 0.0), state.build_ms.get(frame, 0.0)
+    record = {"frame": frame, "revision": header.get("revision", 0), "total": total, "capture": capture_ms,
+              "build": build_ms,  # on the worker thread; the wait for it is in `outbox`
+              "outbox": max(0.0, (sent - captured) * 1000.0 - capture_ms - build_ms) if sent else 0.0,
               "server_wait": timings.get("wait", 0.0), "server": server, "apply": apply_ms,
               **{f"server_{k}": v for k, v in timings.items() if k != "wait"}}
-    record["network"] = max(0.0, total - record["capture"] - record["outbox"] - record["server_wait"] - server - apply_ms)
+    record["network"] = max(0.0, total - capture_ms - build_ms - record["outbox"] - record["server_wait"] - server
+                            - apply_ms)
     state.latencies = (state.latencies + [record])[-1000:]
 
 
@@ -389,7 +426,7 @@ class LATENTBRIDGE_OT_live_toggle(bpy.types.Operator):
         scene = getattr(context, "scene", None)
         if scene is None or not hasattr(scene, "latentbridge_live"):
             return False
-        if scene.camera is None and live_capture.needs_camera(context, scene.latentbridge_live):
+        if scene.camera is None and live_capture.needs_camera(context, scene):
             cls.poll_message_set("Live mode renders the scene camera here: add a camera")
             return False
         return True
@@ -419,11 +456,15 @@ def draw_live(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     row.prop(live, "size")
     col.prop(live, "strength", slider=True)
     row = col.row(align=True)
-    row.prop(live, "use_depth", toggle=True)
-    row.prop(live, "use_normal", toggle=True)
-    if live.use_depth or live.use_normal:
-        col.prop(live, "control_weight", slider=True)
-        col.prop(live, "controls_only")
+    row.prop(live, "use_controls", toggle=True, icon="MODIFIER")
+    sub = row.row(align=True)
+    sub.active = live.use_controls
+    sub.prop(live, "controls_only", toggle=True)
+    if live.use_controls:
+        kinds = [control_ui.LABELS[k] for k in conditioning.CONTROL_KINDS
+                 if getattr(context.scene.latentbridge_control, k).enabled]
+        col.label(text=f"Controls: {', '.join(kinds)}" if kinds else "No scene control ticked (Controls panel)",
+                  icon="NODETREE")
     col.prop(live, "decoder")
     row = col.row(align=True)
     row.prop(live, "max_fps")

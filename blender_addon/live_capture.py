@@ -4,11 +4,13 @@
   matrices) where Blender has a window and a GPU context: a few milliseconds, exactly the view.
 - Otherwise (bpy as a module, background mode: no window, no GPU context) a reduced-size
   Workbench render of the scene camera at the live frame's size.
-- With depth/normal control: ONE Cycles render of the camera gives the colour and the exact
-  passes (passes.render_passes), turned into ControlNet maps by control_maps (the viewport has no
-  exact depth to read), at the frame's size.
+- With the scene controls (the Controls panel's depth, normal, line art, segmentation): ONE
+  Cycles render of the camera gives the colour and the exact passes (passes.render_passes; the
+  viewport has no exact depth to read), at the frame's size; the ControlNet maps are made from
+  them on the worker thread (conditioning.ControlSpec.build_map, as a Generate does).
 
-A server on this computer gets raw RGB parts (nothing to encode); others get PNG.
+A server on this computer gets raw RGB parts (nothing to encode); others get PNG, encoded on the
+worker thread.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import capture, control_maps, passes, png
+from . import capture, conditioning, control_maps, control_ui, passes, png
+from .worker import Task, worker
 
 FALLBACK_NOTE = "No 3D view with a GPU context: live frames are Workbench renders of the camera"
 _offscreen: dict[str, Any] = {}  # the reused GPUOffScreen ("buffer", "size")
@@ -34,10 +37,6 @@ class Frame:
     note: str = ""
 
 
-def control_kinds(live: Any) -> list[str]:
-    return [kind for kind, on in (("depth", live.use_depth), ("normal", live.use_normal)) if on]
-
-
 def _round8(value: float) -> int:
     return max(64, int(round(value / 8.0)) * 8)
 
@@ -46,7 +45,7 @@ def frame_size(scene: bpy.types.Scene, longest: int, context: bpy.types.Context 
     """The live frames' size: the 3D view's aspect where it is drawn, else the render's; the
     longest side `longest`, both sides multiples of 8."""
     view = _view3d(context or bpy.context)
-    if view is not None and not control_kinds(scene.latentbridge_live):
+    if view is not None and not _controlled(scene):
         width, height = view[1].width, view[1].height
     else:
         pct = scene.render.resolution_percentage / 100.0
@@ -69,9 +68,17 @@ def _view3d(context: bpy.types.Context) -> tuple[Any, Any, Any] | None:
     return None
 
 
-def needs_camera(context: bpy.types.Context, live: Any) -> bool:
-    """Whether captures render the scene camera (no 3D view to draw, or depth/normal control)."""
-    return bool(control_kinds(live)) or _view3d(context) is None
+def _controlled(scene: bpy.types.Scene) -> bool:
+    """Whether live frames carry scene controls (then they are renders of the camera)."""
+    try:
+        return bool(control_specs(scene))
+    except capture.CaptureError:
+        return True  # ticked, only badly set: the start reports why
+
+
+def needs_camera(context: bpy.types.Context, scene: bpy.types.Scene) -> bool:
+    """Whether captures render the scene camera (no 3D view to draw, or scene controls)."""
+    return _controlled(scene) or _view3d(context) is None
 
 
 def view_key(context: bpy.types.Context) -> tuple:
@@ -94,20 +101,31 @@ def changes_picture(depsgraph: Any) -> bool:
     return capture.changes_picture(depsgraph)
 
 
-def grab(context: bpy.types.Context, scene: bpy.types.Scene, live: Any, raw: bool) -> Frame:
-    """One live frame of the scene as the artist sees it (see the module docstring)."""
+def control_specs(scene: bpy.types.Scene) -> list[conditioning.ControlSpec]:
+    """The scene controls (the Controls panel's ticked units) live frames carry, when the Live
+    panel's Scene Controls is on; raises CaptureError on settings that cannot make a request."""
+    if not scene.latentbridge_live.use_controls:
+        return []
+    return control_ui.scene_specs(scene, "img2img")
+
+
+def grab(context: bpy.types.Context, scene: bpy.types.Scene, live: Any, raw: bool) -> Frame | Task:
+    """One live frame of the scene as the artist sees it (see the module docstring): ready, or a
+    worker task that finishes it (control maps, PNG encoding) off the main thread."""
     width, height = frame_size(scene, live.size, context)
-    kinds = control_kinds(live)
-    if kinds:
-        return _with_controls(scene, live, kinds, width, height, raw)
+    specs = control_specs(scene)
+    if specs:
+        return _with_controls(scene, live, specs, width, height, raw)
     view = _view3d(context)
     if view is not None:
         try:
             rgb = _draw_view(context, scene, view, width, height)
-            return _frame({"init": rgb}, width, height, raw)
         except Exception as exc:  # noqa: BLE001 - a GPU context that cannot draw: fall back, say why
             note = f"The 3D view could not be drawn offscreen ({exc}): live frames are Workbench renders"
             return _workbench(scene, width, height, note)
+        if raw:
+            return _frame({"init": rgb}, width, height, raw)
+        return worker.submit(_frame, {"init": rgb}, width, height, raw, label="live frame")
     return _workbench(scene, width, height, FALLBACK_NOTE)
 
 
@@ -126,16 +144,28 @@ def _workbench(scene: bpy.types.Scene, width: int, height: int, note: str) -> Fr
     return Frame({"init": data}, "png", width, height, note)
 
 
-def _with_controls(scene: bpy.types.Scene, live: Any, kinds: list[str], width: int, height: int, raw: bool) -> Frame:
-    wanted = control_maps.passes_for(kinds) | ({"color"} if not live.controls_only else set())
-    passes_set = passes.render_passes(scene, wanted, (width, height))
-    maps = control_maps.build_maps(passes_set, kinds)
+CONTROLS_NOTE = "Scene controls: frames are Cycles renders of the camera (colour and passes in one)"
+
+
+def _with_controls(scene: bpy.types.Scene, live: Any, specs: list[conditioning.ControlSpec], width: int, height: int,
+                   raw: bool) -> Task:
+    """ONE render of the camera on the main thread (the colour unless Controls Only, and the
+    passes the maps need); the maps and the parts are made on the worker thread."""
+    wanted = conditioning.passes_needed(specs) | (set() if live.controls_only else {"color"})
+    pass_set = passes.render_passes(scene, wanted, (width, height))
+    color = None if live.controls_only else pass_set.arrays.pop("color")
+    return worker.submit(_controlled_frame, color, pass_set, specs, width, height, raw, label="live control maps")
+
+
+def _controlled_frame(color: np.ndarray | None, pass_set: control_maps.PassSet, specs: list[conditioning.ControlSpec],
+                      width: int, height: int, raw: bool) -> Frame:
+    """Worker thread (no bpy): the frame's parts from one render's colour and passes."""
     arrays: dict[str, np.ndarray] = {}
-    if not live.controls_only:
-        arrays["init"] = control_maps.color_rgb8(passes_set.get("color"))
-    for i, kind in enumerate(kinds):
-        arrays[f"control.{i}"] = maps[kind]
-    return _frame(arrays, width, height, raw, note="Depth/normal control: frames are Cycles renders of the camera")
+    if color is not None:
+        arrays["init"] = control_maps.color_rgb8(color)
+    for i, spec in enumerate(specs):
+        arrays[f"control.{i}"] = spec.build_map(pass_set)
+    return _frame(arrays, width, height, raw, note=CONTROLS_NOTE)
 
 
 def _draw_view(context: bpy.types.Context, scene: bpy.types.Scene, view: tuple[Any, Any, Any], width: int,

@@ -68,6 +68,7 @@ def draw_object_menu(self, context: bpy.types.Context) -> None:
     layout = self.layout
     layout.separator()
     layout.operator("latentbridge.generate_texture", text="Latent Bridge: Generate Texture", icon=ICONS["texture"])
+    layout.operator("latentbridge.project_texture", text="Latent Bridge: Project Texture", icon=ICONS["project"])
 
 
 def draw_render_menu(self, context: bpy.types.Context) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import animation, apply, capture, png, results
+from . import animation, apply, capture, conditioning, control_ui, render_files, results, scene_capture, texture_project
 from .controller import ConnectRefused, controller, online_refusal, preferences
 from .properties import MODES
 
@@ -23,10 +23,6 @@ def _selected_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
 
 def _texturable(objects: list[bpy.types.Object]) -> list[bpy.types.Object]:
     return [o for o in objects if o.type in TEXTURABLE]
-
-
-def _round8(value: int) -> int:
-    return max(64, (int(value) // 8) * 8)
 
 
 def _idle(context: bpy.types.Context) -> bool:
@@ -62,11 +58,15 @@ def validate(context: bpy.types.Context, settings: Any, mode: str) -> None:
         raise capture.CaptureError("Outpaint needs at least one side to extend (Left, Right, Top or Bottom)")
 
 
-def prepare(context: bpy.types.Context, settings: Any, mode: str) -> tuple[dict[str, Any], dict[str, tuple[bytes, str]], list[bpy.types.Object], str]:
-    """(request, uploads, texture targets, note): one render at most (its index pass gives the
-    selected-objects mask), or the last render when nothing changed and Reuse Last Render is on."""
+def prepare(context: bpy.types.Context, settings: Any, mode: str) -> tuple[dict[str, Any], scene_capture.Inputs, list[bpy.types.Object]]:
+    """(request, inputs, texture targets): one render at most for a Cycles scene (its passes
+    give the selected-objects mask and the control maps), or the last render when nothing changed
+    and Reuse Last Render is on. What needs encoding is made on the worker (inputs.pending)."""
     validate(context, settings, mode)
     scene = context.scene
+    specs = control_ui.scene_specs(scene, mode)
+    if specs and scene.camera is None:
+        raise capture.CaptureError("The scene controls are rendered from the camera, and the scene has no active camera")
     targets = _texturable(_selected_objects(context)) if mode == "texture" else []
     old_mode = settings.mode
     settings.mode = mode
@@ -74,32 +74,10 @@ def prepare(context: bpy.types.Context, settings: Any, mode: str) -> tuple[dict[
         request = settings.build_request(scene, settings.next_seed())
     finally:
         settings.mode = old_mode
-    images: dict[str, tuple[bytes, str]] = {}
-    note = ""
-    if mode in ("img2img", "inpaint", "outpaint"):
-        object_mask = mode == "inpaint" and settings.mask_source == "OBJECTS"
-        mask = None
-        if settings.source == "RENDER":
-            rendered = capture.render(scene, _selected_objects(context) if object_mask else None, reuse=settings.reuse_render)
-            init, mask = rendered.png, rendered.mask
-        elif settings.source == "VIEWPORT":
-            init, note = capture.viewport_png(context)
-        else:
-            init = capture.image_png(settings.source_image, scene)
-        images["init"] = (init, "png")
-        size = png.png_size(init)
-        if settings.size_mode == "RENDER":
-            request["width"], request["height"] = _round8(size[0]), _round8(size[1])
-        if mode == "inpaint":
-            if mask is not None:
-                images["mask"] = (capture.mask_png(mask, size), "png")
-            elif object_mask:
-                images["mask"] = (capture.object_mask_png(scene, _selected_objects(context), size=size), "png")
-            elif settings.mask_source == "IMAGE":
-                images["mask"] = (capture.painted_mask_png(settings.mask_image, size), "png")
-            else:
-                images["mask"] = (capture.alpha_mask_png(settings.source_image), "png")
-    return request, images, targets, note
+    control_ui.check_server(specs, request["mode"])
+    conditioning.add_units(request, specs)
+    inputs = scene_capture.capture_inputs(context, settings, mode, request, specs, _selected_objects(context))
+    return request, inputs, targets
 
 
 def modal_step(client_ref: str, event_type: str, event_value: str) -> set[str]:
@@ -143,12 +121,13 @@ class LATENTBRIDGE_OT_generate(bpy.types.Operator):
         settings = context.scene.latentbridge
         mode = settings.mode if self.mode == "SETTINGS" else self.mode
         try:
-            request, images, targets, note = prepare(context, settings, mode)
-            if note:
-                self.report({"WARNING"}, note)
+            request, inputs, targets = prepare(context, settings, mode)
+            if inputs.note:
+                self.report({"WARNING"}, inputs.note)
             preview = apply.ensure_preview_image(request["width"], request["height"])
-            job = controller.submit(context, request, images, texture=mode == "texture", targets=[o.name for o in targets])
-        except (capture.CaptureError, ConnectRefused) as exc:
+            job = controller.submit(context, request, inputs.images, texture=mode == "texture", targets=[o.name for o in targets],
+                                    pending=inputs.pending, on_prepared=control_ui.show_uploads)
+        except (capture.CaptureError, ConnectRefused, render_files.RenderFileError) as exc:
             self.report({"ERROR"}, str(exc))
             settings.error = str(exc)
             return {"CANCELLED"}
@@ -210,7 +189,8 @@ class LATENTBRIDGE_OT_cancel(bpy.types.Operator):
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         scene = getattr(context, "scene", None)
-        if scene is None or (not controller.active_jobs(scene.name) and animation.running(scene.name) is None):
+        if scene is None or (not controller.active_jobs(scene.name) and animation.running(scene.name) is None
+                             and texture_project.running(scene.name) is None):
             cls.poll_message_set("Nothing is running in this scene")
             return False
         return True
@@ -219,6 +199,9 @@ class LATENTBRIDGE_OT_cancel(bpy.types.Operator):
         scene = context.scene
         if animation.cancel(scene.name):
             self.report({"INFO"}, "Latent Bridge: animation cancelled")
+            return {"FINISHED"}
+        if texture_project.cancel(scene.name):
+            self.report({"INFO"}, "Latent Bridge: projection cancelled; the texture is finished from the views done")
             return {"FINISHED"}
         jobs = controller.active_jobs(scene.name)
         if not any([controller.cancel(j) for j in jobs]):
@@ -256,17 +239,24 @@ class LATENTBRIDGE_OT_regenerate(bpy.types.Operator):
         if image is None:
             self.report({"ERROR"}, f"“{name}” is not a Latent Bridge result")
             return {"CANCELLED"}
+        if texture_project.is_projection(image):
+            try:
+                texture_project.regenerate(context, image)
+            except (texture_project.ProjectTextureError, capture.CaptureError, ConnectRefused) as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"Latent Bridge: projecting {name} again from its recipe")
+            return {"FINISHED"}
         request = apply.stored_request(image)
         images: dict[str, tuple[bytes, str]] = {}
         packed: dict[str, str] = {}
-        for role, prop in results.INPUT_PROPS.items():
-            source = bpy.data.images.get(image.get(prop, ""))
-            if image.get(prop) and (source is None or source.packed_file is None):
+        for role, source_name in results.stored_inputs(image).items():
+            source = bpy.data.images.get(source_name)
+            if source is None or source.packed_file is None:
                 self.report({"ERROR"}, f"The {role} image of “{name}” is missing from this file")
                 return {"CANCELLED"}
-            if source is not None:
-                images[role] = (bytes(source.packed_file.data), "png")
-                packed[role] = source.name
+            images[role] = (bytes(source.packed_file.data), "png")
+            packed[role] = source.name
         texture = bool(image.get("latentbridge_texture"))
         targets = [o.name for o in _texturable(_selected_objects(context))] if texture else []
         try:

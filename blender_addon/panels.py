@@ -1,11 +1,11 @@
 """Sidebar panels in the 3D Viewport and the Image Editor (same content in both): the request,
-Batch, Animation, Sampling and Server."""
+Scene Controls (control_ui.py), Batch, Animation, Sampling and Server."""
 
 from __future__ import annotations
 
 import bpy
 
-from . import animation, apply, feedback
+from . import animation, apply, control_ui, feedback, texture_ui
 from .controller import controller
 from .feedback import ICONS
 
@@ -217,7 +217,8 @@ class LATENTBRIDGE_PT_image(_Sidebar, bpy.types.Panel):
             row.operator("latentbridge.use_result", icon=ICONS["use_result"]).image = image.name
 
 
-SUBPANELS = (("batch", "Batch", _draw_batch), ("animation", "Animation", _draw_animation),
+SUBPANELS = (("controls", "Scene Controls", control_ui.draw_panel), ("projection", "Project Texture", texture_ui.draw_panel),
+             ("batch", "Batch", _draw_batch), ("animation", "Animation", _draw_animation),
              ("advanced", "Sampling", _draw_advanced), ("connection", "Server", _draw_connection))
 
 classes = (LATENTBRIDGE_UL_loras, LATENTBRIDGE_PT_view3d, LATENTBRIDGE_PT_image) + tuple(

@@ -33,8 +33,10 @@ import bpy
 import numpy as np
 
 from . import render_files
-from .capture import CaptureError, temporarily
+from .capture import CaptureError, render_op, temporarily
 from .control_maps import PASS_KINDS, PassSet
+from .views import ViewCamera, camera_from_blender
+from .views import overscan as overscan_camera
 
 # Cycles samples for the colour when the scene renders with another engine (its own look is not
 # available from a Cycles render anyway); a Cycles scene keeps its own sampling settings.
@@ -60,6 +62,7 @@ def render_passes(
     size: tuple[int, int] | None = None,
     *,
     samples: int | None = None,
+    overscan: tuple[int, int, int, int] | None = None,
     timings: dict[str, float] | None = None,
 ) -> PassSet:
     """Render `scene` once from its camera and return the `wanted` passes (any of
@@ -67,8 +70,11 @@ def render_passes(
     default: the render resolution with its percentage).
 
     `samples`: Cycles samples; default 1 when no colour is wanted (enough for exact data passes),
-    else the scene's own when it renders with Cycles, else COLOR_SAMPLES. `timings`, if given,
-    receives the seconds spent rendering and reading each file ("render", "passes", "color")."""
+    else the scene's own when it renders with Cycles, else COLOR_SAMPLES. `overscan` (left, top,
+    right, bottom) pixels grows the frame past the camera's on each side, every pixel of the
+    camera's own frame staying where it was (`views.overscan`: outpainting's extended canvas).
+    `timings`, if given, receives the seconds spent rendering and reading each file ("render",
+    "passes", "color")."""
     wanted = set(wanted)
     unknown = wanted - set(PASS_KINDS)
     if unknown:
@@ -85,6 +91,10 @@ def render_passes(
     data_passes = [k for k in _PASSES if k in wanted]
 
     settings = _render_settings(scene, view_layer, int(width), int(height), wanted, samples)
+    if overscan is not None and any(overscan):
+        grown, camera_settings = _overscan_settings(camera, int(width), int(height), overscan)
+        width, height = grown.width, grown.height
+        settings += camera_settings + [(scene.render, "resolution_x", width), (scene.render, "resolution_y", height)]
     object_ids, object_labels, object_settings = ({}, {}, [])
     material_ids, material_labels, material_settings = ({}, {}, [])
     if "object_index" in wanted:
@@ -94,7 +104,7 @@ def render_passes(
 
     clock = _Stopwatch(timings)
     with temporarily(*settings, *object_settings, *material_settings), _temp_dir() as folder:
-        bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+        render_op(scene, view_layer.name)
         clock.lap("render")
         result = bpy.data.images.get("Render Result")
         if result is None:
@@ -172,6 +182,26 @@ def _render_settings(
         if kind in wanted:
             settings.append((view_layer, flag, True))
     return settings
+
+
+def _overscan_settings(camera: bpy.types.Object, width: int, height: int, sides: tuple[int, int, int, int]) -> tuple[ViewCamera, list[tuple[Any, str, Any]]]:
+    """The camera settings (sensor, fit, shift, ortho scale) of a frame grown by `sides` pixels."""
+    data = camera.data
+    if camera.type != "CAMERA" or data.type == "PANO":
+        raise CaptureError("Outpainting with control maps needs a perspective or orthographic camera")
+    if data.library is not None:
+        raise CaptureError(f"The camera “{camera.name}” is linked from a library: its frame cannot be extended")
+    view = camera_from_blender(
+        np.array(camera.matrix_world, dtype=np.float64), kind=data.type, lens=data.lens, sensor_width=data.sensor_width,
+        sensor_height=data.sensor_height, sensor_fit=data.sensor_fit, ortho_scale=data.ortho_scale, shift_x=data.shift_x,
+        shift_y=data.shift_y, clip_start=data.clip_start, clip_end=data.clip_end, resolution=(width, height),
+    )
+    grown = overscan_camera(view, *sides)
+    return grown, [
+        (data, "sensor_fit", grown.sensor_fit), (data, "sensor_width", grown.sensor_width),
+        (data, "sensor_height", grown.sensor_height), (data, "ortho_scale", grown.ortho_scale),
+        (data, "shift_x", grown.shift_x), (data, "shift_y", grown.shift_y),
+    ]
 
 
 def _scene_objects(scene: bpy.types.Scene) -> list[bpy.types.Object]:
@@ -257,6 +287,13 @@ def _save(result: bpy.types.Image, scene: bpy.types.Scene, path: str, file_forma
         result.save_render(filepath=path, scene=scene)
     with open(path, "rb") as f:
         return f.read()
+
+
+def save_color(result: bpy.types.Image, scene: bpy.types.Scene) -> np.ndarray:
+    """A render result's colour as the artist sees it (the scene's view transform), uint8 RGBA
+    top row first, through an uncompressed Targa (no PNG compression on the main thread)."""
+    with _temp_dir() as folder:
+        return render_files.read_tga(_save(result, scene, os.path.join(folder, "color.tga"), _tga_format(scene)))
 
 
 def _data_passes(channels: dict[str, np.ndarray], layer: str, kinds: list[str]) -> dict[str, np.ndarray]:

@@ -9,21 +9,41 @@ from typing import TYPE_CHECKING, Any
 
 import bpy
 
-from . import apply, png
+from . import apply, control_images, png
 
 if TYPE_CHECKING:
     from .controller import Controller, JobContext
 
-INPUT_PROPS = {"init": "latentbridge_init", "mask": "latentbridge_mask"}  # result → its packed inputs
+# Every upload role a result may keep (init, mask, control.<i>); see input_prop.
+INPUT_ROLES = ("init", "mask") + tuple(f"control.{i}" for i in range(4))
 ORPHAN_FOLDER = "latentbridge_results"
 
 
+def input_prop(role: str) -> str:
+    """The custom property of a result naming the packed image it had as `role`:
+    latentbridge_init, latentbridge_mask, latentbridge_control_0, …"""
+    return "latentbridge_" + role.replace(".", "_")
+
+
+def stored_inputs(image: bpy.types.Image) -> dict[str, str]:
+    """role → name of the packed input image a result was made from (as recorded on it)."""
+    return {role: str(image[input_prop(role)]) for role in INPUT_ROLES if image.get(input_prop(role))}
+
+
 def pack_inputs(job: "JobContext") -> dict[str, str]:
-    """The job's uploaded images, packed once, so Regenerate can send exactly the same bytes."""
+    """The job's uploaded images, packed once, so Regenerate can send exactly the same bytes.
+    Control maps are packed as data (Non-Color), tagged with their control type."""
+    controls = job.request.get("controls") or []
     for role, (data, fmt) in job.inputs.items():
         if role not in job.input_images and fmt == "png":
             width, height = png.png_size(data)
-            packed = apply.pack_png(data, f"LB {role} {job.client_ref}", width, height)
+            name = f"LB {role} {job.client_ref}"
+            if role.startswith("control."):
+                index = int(role.split(".", 1)[1])
+                kind = controls[index].get("type", "") if index < len(controls) else ""
+                packed = control_images.pack_control_map(data, name, width, height, kind)
+            else:
+                packed = apply.pack_png(data, name, width, height)
             job.input_images[role] = packed.name
     return job.input_images
 
@@ -63,7 +83,7 @@ def apply_result(ctl: "Controller", job: "JobContext", header: dict[str, Any], d
     image = apply.pack_png(data, name, width, height)
     apply.store_request(image, request, seed, job.job_id)
     for role, image_name in job.input_images.items():
-        image[INPUT_PROPS[role]] = image_name
+        image[input_prop(role)] = image_name
     if job.texture:
         image["latentbridge_texture"] = True
         image["latentbridge_targets"] = ",".join(job.targets)

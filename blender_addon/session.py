@@ -14,13 +14,14 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import animation, results
+from . import animation, results, texture_project
 from .controller import ConnectRefused, JobContext, controller
 
 
 def leave_file() -> None:
     """Before another file replaces this one."""
     animation.stop_all("another file was opened")
+    texture_project.stop_all("another file was opened")
     running = controller.active_jobs()
     controller.epoch += 1
     controller.writer.discard()

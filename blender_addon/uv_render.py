@@ -26,6 +26,8 @@ import numpy as np
 from mathutils import Matrix
 
 from . import render_files
+from .apply import write_pixels
+from .pixels import blender_rgba
 from .capture import CaptureError, temporarily
 from .projection import ViewSurface
 from .views import ProjectionError, ViewCamera, camera_from_blender
@@ -332,23 +334,7 @@ def write_texture(name: str, pixels: np.ndarray, *, colorspace: str = "sRGB", fl
     """Write (h, w, 1|3|4) pixels in [0, 1] (top row first) into the image `name`, created or
     resized as needed, with one `foreach_set`. Returns the image (not packed)."""
     pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    height, width, channels = pixels.shape
-    if channels not in (1, 3, 4):
-        raise ProjectionError(f"a texture has 1, 3 or 4 channels, got {channels}")
-    image = bpy.data.images.get(name)
-    if image is None or image.source != "GENERATED" or image.is_float != float_buffer:
-        if image is not None:
-            image.name = name + " (old)"
-        image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=float_buffer)
-    elif tuple(image.size) != (width, height):
-        image.scale(width, height)
-    image.colorspace_settings.name = colorspace
-    rgba = np.ones((height, width, 4), np.float32)
-    rgba[..., :3] = pixels[..., :3] if channels >= 3 else pixels[..., :1]
-    if channels == 4:
-        rgba[..., 3] = pixels[..., 3]
-    image.pixels.foreach_set(rgba[::-1].reshape(-1))
-    image.update()
-    return image
+    if pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4):
+        raise ProjectionError(f"a texture has 1, 3 or 4 channels, got {pixels.shape[2]}")
+    height, width = pixels.shape[:2]
+    return write_pixels(name, blender_rgba(pixels), width, height, float_buffer=float_buffer, colorspace=colorspace)

@@ -94,8 +94,9 @@ class ViewCamera:
 
     @property
     def principal_point(self) -> tuple[float, float]:
-        """Where the view axis meets the image, in pixel coordinates (y down)."""
-        return (self.width / 2 + self.shift_x * self.fit_pixels, self.height / 2 - self.shift_y * self.fit_pixels)
+        """Where the view axis meets the image, in pixel coordinates (y down). Blender's shift
+        moves the frame: a positive shift_x moves it right, so the axis appears left of centre."""
+        return (self.width / 2 - self.shift_x * self.fit_pixels, self.height / 2 + self.shift_y * self.fit_pixels)
 
     @property
     def location(self) -> np.ndarray:
@@ -171,6 +172,29 @@ class ViewCamera:
     def normals_to_camera(self, normals_world: np.ndarray) -> np.ndarray:
         """World-space normals (..., 3) (e.g. Blender's Normal pass) → camera space."""
         return np.asarray(normals_world, dtype=np.float64) @ self.rotation
+
+
+def overscan(camera: ViewCamera, left: int, top: int, right: int, bottom: int) -> ViewCamera:
+    """The camera whose image is `camera`'s grown by the given pixels on each side, every original
+    pixel staying exactly where it was: same focal length (or pixel size) in pixels, principal
+    point moved by (left, top). Its sensor fit is explicit (the fitted axis of the original), so
+    the grown image keeps the original's scale whichever side becomes the larger. For outpainting:
+    the control maps of a render through this camera cover the extended canvas."""
+    sides = (left, top, right, bottom)
+    if any(int(v) != v or v < 0 for v in sides):
+        raise ProjectionError(f"overscan sides must be whole non-negative pixels, got {sides}")
+    width, height = camera.width + int(left) + int(right), camera.height + int(top) + int(bottom)
+    horizontal = camera._fit_horizontal()
+    fit_new = float(width if horizontal else height)
+    grow = fit_new / camera.fit_pixels
+    cx, cy = camera.principal_point
+    sensor = camera._sensor_mm() * grow
+    return replace(
+        camera, width=width, height=height, sensor_fit="HORIZONTAL" if horizontal else "VERTICAL",
+        sensor_width=sensor if horizontal else camera.sensor_width, sensor_height=camera.sensor_height if horizontal else sensor,
+        ortho_scale=camera.ortho_scale * grow,
+        shift_x=(width / 2 - (cx + left)) / fit_new, shift_y=((cy + top) - height / 2) / fit_new,
+    )
 
 
 def look_at(eye: object, target: object, up: object = (0.0, 0.0, 1.0)) -> np.ndarray:

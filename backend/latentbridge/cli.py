@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--reference", action="append", metavar="IMAGE", help="Reference image for style/subject "
                      "(IP-Adapter; repeatable)")
     req.add_argument("--reference-weight", metavar="W", help="How strongly the references steer (default 0.6)")
+    req.add_argument("--reference-model", metavar="NAME", help="IP-Adapter for the references (default: --ip-adapter, "
+                     "or the built-in one of a built-in model)")
     req.add_argument("--mask-blur", help="Mask feather radius in pixels (default 4)")
     req.add_argument("--invert-mask", action="store_true", help="Repaint the black part of the mask instead")
     req.add_argument("--only-masked", action="store_true", help="Inpaint a crop around the mask at full resolution")

@@ -202,7 +202,12 @@ def build_request(args: argparse.Namespace, init_size: tuple[int, int] | None = 
         reference = {"images": len(args.reference)}
         if args.reference_weight is not None:
             reference["weight"] = _number(args.reference_weight, "--reference-weight", float)
+        if args.reference_model:
+            reference["model"] = args.reference_model
         data["reference"] = reference
+    elif args.reference_weight is not None or args.reference_model:
+        flag = "--reference-weight" if args.reference_weight is not None else "--reference-model"
+        raise InvalidRequest(f"{flag} needs the reference images: pass --reference IMAGE", field="reference")
     return parse_request(data)
 
 

@@ -345,6 +345,9 @@ class AsyncClient:
             self._pongs.clear()
             return
         job_id = getattr(event, "job_id", None)
+        if isinstance(event, ErrorEvent) and job_id is not None and pending is not None and pending[0] == job_id:
+            pending[1].set_exception(error_from_event(event))  # an attach to a job the server does not know
+            return
         if job_id is None:
             if isinstance(event, ErrorEvent) and pending is not None:
                 pending[1].set_exception(error_from_event(event))

@@ -19,6 +19,7 @@ SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin")
 NAME_MAX = 255  # bytes in one path component on every common file system
 MAX_DEPTH = 4  # sub-folder levels searched below a model folder
+IP_ADAPTER_ENCODER = "image_encoder"  # the image encoder's folder beside an IP-Adapter file (h94's layout)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def _scan(base: Path, folder: Path, depth: int, allow_pickle: bool) -> list[Mode
 
 def component_entries(dirs: list[Path]) -> list[ModelEntry]:
     """Single models (ControlNets, IP-Adapters) in `dirs`: folders with a config.json and weights,
-    and .safetensors files; names relative to their folder, as for `entries`."""
+    .safetensors files, and IP-Adapter files (kind `ip_adapter`; their image encoder folder, which
+    has a config.json, is not listed as a model); names relative to their folder, as for `entries`."""
     found = []
     for base in map(Path, dirs):
         if not base.is_dir():
@@ -132,12 +134,37 @@ def component_entries(dirs: list[Path]) -> list[ModelEntry]:
             if entry.name.startswith(".") or not inside(entry, base) or len(entry.relative_to(base).parts) > MAX_DEPTH:
                 continue
             name = entry.relative_to(base).as_posix()
-            if entry.is_dir() and (entry / "config.json").is_file() and any(
+            if entry.is_dir() and entry.name != IP_ADAPTER_ENCODER and (entry / "config.json").is_file() and any(
                     f.suffix.lower() in SAFE_WEIGHTS for f in entry.iterdir()):
                 found.append(ModelEntry(name, "diffusers", entry))
+            elif entry.is_file() and entry.suffix.lower() in SAFE_WEIGHTS and is_ip_adapter_file(entry):
+                found.append(ModelEntry(name, "ip_adapter", entry))
             elif entry.is_file() and entry.suffix.lower() in SAFE_WEIGHTS and not (entry.parent / "config.json").exists():
                 found.append(ModelEntry(name, "single_file", entry))
     return found
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a .safetensors file's header (read without torch or the tensor data);
+    [] for a file that is not valid safetensors."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100 * 1024 * 1024:
+                return []
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return []
+    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else []
+
+
+def is_ip_adapter_file(path: Path) -> bool:
+    """An IP-Adapter weights file (h94/IP-Adapter layout: `image_proj.*` and `ip_adapter.*` tensors)."""
+    keys = safetensors_keys(path)
+    return any(k.startswith("ip_adapter.") for k in keys) and any(k.startswith("image_proj.") for k in keys)
 
 
 def weight_files(folders: list[Path], allow_pickle: bool, *, recursive: bool = True) -> list[Path]:

@@ -123,6 +123,17 @@ class HashCache:
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
+def legacy_short_hash(path: Path) -> str:
+    """A1111's old 8-digit model hash (`sd_models.model_hash`), which sd-webui-controlnet writes after
+    its model names (`control_v11p_sd15_canny [d14c016b]`): the SHA-256 of 64 KiB at 1 MiB into the
+    file. Cheap, so it is not cached."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        digest.update(f.read(0x10000))
+    return digest.hexdigest()[:8]
+
+
 def short(digest: str | None, length: int = SHORT) -> str | None:
     return digest[:length] if digest else None
 

@@ -290,12 +290,24 @@ class HiresOptions(StrictNumbers):
 
 
 # `_mode_consistency` below, as JSON Schema can say it (so the generated schemas promise only what
-# the model accepts): outpaint needs at least one non-zero extent.
+# the model accepts): outpaint needs at least one non-zero extent; a Karras sampler takes the
+# default or karras schedule only; hires is for txt2img, and its own Karras sampler the same rule.
+# (That hires' final size must stay within 64..MAX_SIDE is arithmetic JSON Schema cannot do: a 422.)
 _OUTPAINT_NEEDS_AN_EXTENT = {
     "if": {"properties": {"mode": {"const": "outpaint"}}, "required": ["mode"]},
     "then": {"required": ["outpaint"], "properties": {"outpaint": {"anyOf": [
         {"properties": {side: {"minimum": 1}}, "required": [side]} for side in ("left", "top", "right", "bottom")
     ]}}},
+}
+_KARRAS_SAMPLER_SCHEDULE = {
+    "if": {"properties": {"sampler": {"enum": [s.value for s in KARRAS_SAMPLERS]}}, "required": ["sampler"]},
+    "then": {"properties": {"schedule": {"enum": ["default", "karras"]}}},
+}
+_HIRES_IS_FOR_TXT2IMG = {
+    "if": {"properties": {"hires": {"type": "object"}}, "required": ["hires"]},
+    "then": {"properties": {"mode": {"const": "txt2img"}, "hires": {
+        "if": {"properties": {"sampler": {"enum": [s.value for s in KARRAS_SAMPLERS]}}, "required": ["sampler"]},
+        "then": {"properties": {"schedule": {"enum": ["default", "karras", None]}}}}}},
 }
 
 
@@ -303,7 +315,8 @@ class GenerationRequest(StrictNumbers):
     """A whole generation. Stored with every result, so any image can be regenerated exactly."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False,
-                              json_schema_extra={"allOf": [_OUTPAINT_NEEDS_AN_EXTENT]})
+                              json_schema_extra={"allOf": [_OUTPAINT_NEEDS_AN_EXTENT, _KARRAS_SAMPLER_SCHEDULE,
+                                                           _HIRES_IS_FOR_TXT2IMG]})
     mode: Mode = Mode.txt2img
     prompt: str = Field("", max_length=10_000)
     negative_prompt: str = Field("", max_length=10_000)

@@ -95,6 +95,16 @@ def test_build_request_from_flags():
     assert defaults == GenerationRequest()
 
 
+def test_reference_flags():
+    req = cli.build_request(_args("--reference", "a.png", "--reference", "b.png", "--reference-weight", "0.9",
+                                  "--reference-model", "tiny-ip-adapter"))
+    assert (req.reference.images, req.reference.weight, req.reference.model) == (2, 0.9, "tiny-ip-adapter")
+    assert req.image_roles() == ["reference.0", "reference.1"]
+    for flags in (["--reference-weight", "0.5"], ["--reference-model", "x"]):
+        with pytest.raises(InvalidRequest, match="pass --reference IMAGE"):
+            cli.build_request(_args(*flags))
+
+
 def test_mode_and_size_follow_the_images():
     assert cli.build_request(_args("--init", "x.png"), (100, 77)).mode is Mode.img2img
     req = cli.build_request(_args("--init", "x.png", "--mask", "m.png"), (100, 77))

@@ -90,3 +90,15 @@ def test_clip_skip_takes_an_earlier_text_encoder_layer(engine, sdxl_engine):
         assert np.array_equal(skipped, again) and not np.array_equal(skipped, last)
         assert not hasattr(model.model.base.text_encoder, "text_model") or \
             type(model.model.base.text_encoder).__name__ != "CLIPTextModel"  # no alias left behind
+
+
+def test_clip_skip_beyond_the_text_encoders_layers_is_refused_naming_the_field(engine, sdxl_engine):
+    from latentbridge.protocol import InvalidRequest
+
+    for model in (engine, sdxl_engine):
+        layers = min(getattr(model.model.base, name).config.num_hidden_layers
+                     for name in ("text_encoder", "text_encoder_2") if getattr(model.model.base, name, None) is not None)
+        model.generate(small_request(guidance=1.0, steps=1, clip_skip=layers))  # the first layer's output: fine
+        with pytest.raises(InvalidRequest) as refused:
+            model.generate(small_request(guidance=1.0, steps=1, clip_skip=layers + 1))
+        assert refused.value.field == "clip_skip" and str(layers) in str(refused.value)

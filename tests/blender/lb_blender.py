@@ -211,3 +211,17 @@ class FakeConnection:
 
     def stop(self):
         self.alive = False
+
+
+def flush(controller=None, timeout: float = 30.0) -> None:
+    """Drain until no job waits for its uploads: those made on the worker thread (PNGs of a
+    render, control maps) are sent by the drain step that finds them done."""
+    import time
+
+    controller = controller or _installed["controller"].controller
+    deadline = time.monotonic() + timeout
+    while any(j.state == "preparing" for j in controller.jobs.values()):
+        if time.monotonic() > deadline:
+            raise AssertionError("uploads still being prepared after %.0f s" % timeout)
+        controller.drain()
+        time.sleep(0.002)

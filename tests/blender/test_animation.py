@@ -32,7 +32,7 @@ def _complete_frame(addon, fake, n, value=200):
     """The server's answer to the last submitted frame."""
     Incoming = addon["connection"].Incoming
     ctl = addon["controller"].controller
-    _, request, _, ref = fake.sent[-1]
+    _, request, _, ref = _submits(fake)[-1]
     job_id = f"f{n}"
     fake.feed(Incoming("event", {"type": "accepted", "job_id": job_id, "client_ref": ref, "position": 0}))
     fake.feed(Incoming("event", {"type": "progress", "job_id": job_id, "step": 1, "total": 2}))
@@ -44,6 +44,7 @@ def _complete_frame(addon, fake, n, value=200):
 
 
 def _submits(fake):
+    lb_blender.flush()  # a frame's uploads are made on the worker thread, then sent
     return [s for s in fake.sent if s[0] == "submit"]
 
 

@@ -1,4 +1,5 @@
-"""Pixels out of Blender: render, viewport fallback, images, object and painted masks."""
+"""Pixels out of Blender: render, viewport fallback, images, the selected-objects mask from the
+render passes, painted and alpha masks."""
 
 from __future__ import annotations
 
@@ -61,36 +62,52 @@ def test_viewport_falls_back_to_a_camera_render_without_gpu_context(addon, scene
     assert "Workbench" in note
 
 
-def test_object_mask_is_white_on_selected_objects_only(addon, scene):
+def _conditioning():
+    import importlib
+
+    return importlib.import_module(lb_blender.ADDON_MODULE + ".conditioning")
+
+
+def test_selected_objects_mask_from_the_data_render_keeps_the_scene_look(addon, scene):
+    """Workbench scene: the colour is the scene's own render (its look), the mask comes from one
+    data-only Cycles render's object index pass: exact, no grey edge, the other object black."""
     import bpy
 
-    # A second object, not selected, beside the cube: it must stay black in the mask.
+    capture, cond = addon["capture"], _conditioning()
     other = bpy.data.objects.new("Other", scene.objects["Cube"].data)
     other.location = (2.5, 2.5, 0.0)
     scene.collection.objects.link(other)
-    colors = {o.name: tuple(o.color) for o in scene.objects}
-    engine = scene.render.engine
-    data = addon["capture"].object_mask_png(scene, [scene.objects["Cube"]])
-    mask = _decode(addon, data)[:, :, 0]
-    assert mask.shape == (64, 64)
-    assert mask[32, 32] > 0.99  # cube centre
-    assert mask[2, 2] < 0.01 and mask[2, 62] < 0.01  # background corners
-    other_px = mask[64 - int((2.5 + 3) / 6 * 64), int((2.5 + 3) / 6 * 64)]  # image row flips Y
-    assert other_px < 0.01
-    # A 2-unit cube seen by a 6-unit orthographic camera: a ~21 px square; only its edges are grey.
-    assert abs((mask > 0.5).mean() - (2 / 6) ** 2) < 0.03
-    assert ((mask > 0.05) & (mask < 0.95)).mean() < 0.05
-    assert {o.name: tuple(o.color) for o in scene.objects} == colors and scene.render.engine == engine
+    before = ({o.name: (tuple(o.color), o.pass_index) for o in scene.objects}, scene.render.engine,
+              [layer.use_pass_object_index for layer in scene.view_layers])
+    rendered = capture.render(scene, passes={"object_index"})
+    assert rendered.renders == 2 and rendered.size == (64, 64)
+    assert np.array_equal(rendered.color, capture.render(scene).color)  # the look of the scene's own render
+    uploads = cond.build_uploads(cond.Capture(color=rendered.color, passes=rendered.passes, mask_objects=("Cube",),
+                                              mask_size=rendered.size), [])
+    assert set(uploads.images) == {"init", "mask"}
+    mask = _decode(addon, uploads.images["mask"][0])[:, :, 0]
+    assert mask[32, 32] == 1.0 and mask[2, 2] == 0.0 and mask[2, 62] == 0.0
+    assert mask[64 - int((2.5 + 3) / 6 * 64), int((2.5 + 3) / 6 * 64)] == 0.0  # the unselected object
+    assert abs((mask > 0.5).mean() - (2 / 6) ** 2) < 0.03 and set(np.unique(mask)) == {0.0, 1.0}
+    after = ({o.name: (tuple(o.color), o.pass_index) for o in scene.objects}, scene.render.engine,
+             [layer.use_pass_object_index for layer in scene.view_layers])
+    assert after == before
 
 
 def test_object_mask_resized_to_the_source(addon, scene):
-    data = addon["capture"].object_mask_png(scene, [scene.objects["Cube"]], size=(128, 96))
-    assert addon["png"].png_size(data) == (128, 96)
+    cond = _conditioning()
+    rendered = addon["capture"].render(scene, color=False, passes={"object_index"})
+    assert rendered.renders == 1 and rendered.color is None
+    uploads = cond.build_uploads(cond.Capture(passes=rendered.passes, mask_objects=("Cube",), mask_size=(128, 96)), [])
+    assert addon["png"].png_size(uploads.images["mask"][0]) == (128, 96) and "init" not in uploads.images
 
 
-def test_object_mask_needs_a_selection(addon, scene):
-    with pytest.raises(addon["capture"].CaptureError, match="Select"):
-        addon["capture"].object_mask_png(scene, [])
+def test_object_mask_of_an_object_out_of_view_is_refused(addon, scene):
+    cond = _conditioning()
+    scene.objects["Cube"].location.x = 40.0
+    rendered = addon["capture"].render(scene, color=False, passes={"object_index"})
+    with pytest.raises(cond.ConditioningError, match="None of the selected objects"):
+        cond.build_uploads(cond.Capture(passes=rendered.passes, mask_objects=("Cube",)), [])
 
 
 def test_existing_image_and_painted_masks(addon, scene):

@@ -67,6 +67,7 @@ def test_inpaint_with_selected_objects_renders_once_on_cycles(addon, scene, fake
     settings.mode, settings.source, settings.mask_source = "inpaint", "RENDER", "OBJECTS"
     assert bpy.ops.latentbridge.generate() == {"FINISHED"}
     assert len(renders) == 1
+    lb_blender.flush()
     mask = _decode(addon, fake.sent[-1][2]["mask"][0])[:, :, 0]
     assert mask[32, 32] > 0.99 and mask[2, 2] < 0.01  # the cube, not the background
     assert abs((mask > 0.5).mean() - (2 / 6) ** 2) < 0.03
@@ -81,16 +82,19 @@ def test_reuse_last_render_when_nothing_changed(addon, scene, fake, renders):
     settings.mode, settings.source, settings.reuse_render = "img2img", "RENDER", True
     settings.size_mode = "RENDER"
     bpy.ops.latentbridge.generate()
+    lb_blender.flush()
     first = fake.sent[-1][2]["init"][0]
     fake.feed(addon["connection"].Incoming("event", {"type": "error", "job_id": None, "code": "invalid_request", "message": "x"}))
     addon["controller"].controller.drain()  # that job ends; the scene is idle again
     bpy.ops.latentbridge.generate()
+    lb_blender.flush()
     assert len(renders) == 1 and fake.sent[-1][2]["init"][0] == first
     fake.feed(addon["connection"].Incoming("event", {"type": "error", "job_id": None, "code": "invalid_request", "message": "x"}))
     addon["controller"].controller.drain()
     scene.objects["Cube"].location.x = 1.0  # the scene changed: render again
     bpy.context.view_layer.update()
     bpy.ops.latentbridge.generate()
+    lb_blender.flush()
     assert len(renders) == 2 and fake.sent[-1][2]["init"][0] != first
 
 

@@ -26,6 +26,7 @@ def _run_job(addon, fake, job_id="j1", seed=5, size=(64, 64), request=None):
     """Script a whole job for the last submission and drain it."""
     ctl = addon["controller"].controller
     Incoming = addon["connection"].Incoming
+    lb_blender.flush(ctl)
     _, sent_request, _, ref = fake.sent[-1]
     full = {**sent_request, **(request or {}), "seed": seed}
     events = [
@@ -100,6 +101,7 @@ def test_img2img_inpaint_send_their_images_and_regenerate_repeats_them(addon, sc
     settings.mode, settings.source, settings.mask_source = "inpaint", "RENDER", "OBJECTS"
     settings.random_seed, settings.seed = False, 11
     assert bpy.ops.latentbridge.generate() == {"FINISHED"}
+    lb_blender.flush()  # the render's PNGs are made on the worker thread
     _, request, images, _ = fake.sent[-1]
     assert request["mode"] == "inpaint" and set(images) == {"init", "mask"}
     assert png.png_size(images["init"][0]) == png.png_size(images["mask"][0]) == (64, 64)
@@ -120,6 +122,7 @@ def test_outpaint_result_has_the_extended_size(addon, scene, fake):
     settings.mode, settings.source = "outpaint", "RENDER"
     settings.outpaint_right = 32
     assert bpy.ops.latentbridge.generate() == {"FINISHED"}
+    lb_blender.flush()
     assert fake.sent[-1][1]["outpaint"] == {"left": 0, "top": 0, "right": 32, "bottom": 0}
     _run_job(addon, fake, size=(96, 64))
     assert tuple(bpy.data.images[settings.last_result].size) == (96, 64)

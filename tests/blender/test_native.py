@@ -25,7 +25,10 @@ def test_every_property_has_a_tooltip(addon):
     import bpy
 
     missing = []
-    groups = [c.bl_rna for c in addon["properties"].classes]
+    import importlib
+
+    extra = [importlib.import_module(f"{lb_blender.ADDON_MODULE}.{m}").classes for m in ("control_ui", "texture_ui")]
+    groups = [c.bl_rna for c in addon["properties"].classes + sum(extra, ()) if issubclass(c, bpy.types.PropertyGroup)]
     groups.append(bpy.context.preferences.addons[lb_blender.ADDON_MODULE].preferences.bl_rna)
     operators = [getattr(bpy.ops.latentbridge, op_name).get_rna_type() for op_name in dir(bpy.ops.latentbridge)]
     assert len(operators) >= 20

@@ -171,10 +171,13 @@ def test_a_session_of_views_equals_single_renders(uv_render, empty):
         np.testing.assert_allclose(camera.matrix_world, uv_render.view_camera(cam, 40, 40).matrix_world)
 
 
-def test_uv_render_of_a_plane_matches_ray_plane_intersection(uv_render, empty):
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (0.12, -0.07)])
+def test_uv_render_of_a_plane_matches_ray_plane_intersection(uv_render, empty, shift):
+    """With a shifted lens too: Blender's shift moves the frame (a positive shift_x shows more
+    of what is on the right), which the camera model follows."""
     scene = empty
     plane = _plane(scene)
-    view = views.ViewCamera(views.look_at((0.7, -2.2, 1.6), (0, 0, 0)), 80, 64, lens=35.0)
+    view = views.ViewCamera(views.look_at((0.7, -2.2, 1.6), (0, 0, 0)), 80, 64, lens=35.0, shift_x=shift[0], shift_y=shift[1])
     cam = _camera(uv_render, scene, view)
     surface, camera = uv_render.render_uv(scene, [plane], cam, 80, 64)
     expected = syn.plane_surface(camera)

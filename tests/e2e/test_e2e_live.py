@@ -99,17 +99,32 @@ def test_changing_the_prompt_mid_session_needs_no_restart(live_on, scene, connec
     _tick_until(live, lambda: live.state.latencies[-1]["revision"] == 2, what="the result with the new strength")
 
 
-def test_depth_and_normal_control_from_the_scene(live_on, scene, connected):
+def test_the_scene_controls_steer_live_frames(live_on, scene, connected):
+    """Ticking depth and normal in the Controls panel mid-session: the session takes them without
+    a restart, each frame then carries the exact maps (made on the worker thread), and Controls
+    Only drops the colour; unticking the Live panel's Scene Controls goes back to plain frames."""
     live = live_on
     _tick_until(live, lambda: live.state.applied >= 1, what="the first live result")
-    scene.latentbridge_live.use_depth = True
-    scene.latentbridge_live.use_normal = True
-    _tick_until(live, lambda: live.state.latencies[-1]["revision"] >= 1 and live.state.note.startswith("Depth"),
+    job_id = live.state.job_id
+    scene.latentbridge_control.depth.enabled = True
+    scene.latentbridge_control.normal.enabled = True
+    scene.latentbridge_control.normal.weight = 0.6
+    _tick_until(live, lambda: live.state.latencies[-1]["revision"] >= 1 and live.state.note == live.live_capture.CONTROLS_NOTE,
                 timeout=120, what="a controlled live result")
+    record = live.state.latencies[-1]
+    assert record["build"] > 0  # the maps were made on the worker thread
+    assert live.state.job_id == job_id
+    assert [c["type"] for c in live.live_request(scene)[0]["controls"]] == ["depth", "normal"]
     applied = live.state.applied
     scene.latentbridge_live.controls_only = True
-    _tick_until(live, lambda: live.state.applied > applied and live.state.note.startswith("Depth"), timeout=120,
-                what="a controls-only live result")
+    _tick_until(live, lambda: live.state.applied > applied and live.state.latencies[-1]["revision"] >= 2,
+                timeout=120, what="a controls-only live result")
+    assert live.live_request(scene)[0]["mode"] == "txt2img"
+    applied = live.state.applied
+    scene.latentbridge_live.use_controls = False
+    _tick_until(live, lambda: live.state.applied > applied and live.state.note == live.LIVE_FALLBACK_NOTE,
+                timeout=120, what="a plain live result again")
+    assert "controls" not in live.live_request(scene)[0]
 
 
 def test_stopping_ends_the_session_on_the_server(live_on, scene, connected):
@@ -174,3 +189,20 @@ def test_a_server_restart_mid_session_starts_a_new_session_and_live_carries_on(a
         first.kill()
         second.stop()
         controller.reset()
+
+
+def test_scene_controls_that_cannot_make_a_request_refuse_the_start(addon, connected, scene):
+    import bpy
+
+    live = _live(addon)
+    depth = scene.latentbridge_control.depth
+    depth.enabled, depth.start, depth.end = True, 0.9, 0.5
+    with pytest.raises(RuntimeError, match="Live mode could not start: depth control: it must start before it ends"):
+        bpy.ops.latentbridge.live_toggle()  # the operator's error report (raised as such in bpy as a module)
+    assert not live.running() and not connected.connection.live.active
+    scene.latentbridge_live.use_controls = False  # live without the scene controls: starts
+    assert bpy.ops.latentbridge.live_toggle() == {"FINISHED"}
+    try:
+        _tick_until(live, lambda: live.state.applied >= 1, what="a plain live result")
+    finally:
+        live.stop()

@@ -56,9 +56,11 @@ def test_intrinsics_follow_blender():
     vertical = views.ViewCamera(np.eye(4), 1920, 1080, lens=50, sensor_height=24, sensor_fit="VERTICAL")
     xy, _ = vertical.project(np.array([[0, math.tan(math.atan(12 / 50)) * 3, -3.0]]))
     assert xy[0, 1] == pytest.approx(0.0, abs=1e-9)
-    # Shift moves the principal point by shift × the fitted dimension (y up in Blender).
+    # Shift moves the frame by shift × the fitted dimension (a positive shift_x shows more of the
+    # right, a positive shift_y more of the top), so the view axis lands left of / below the
+    # centre: what Cycles renders (tests/blender/test_uv_render.py, the shifted plane).
     shifted = views.ViewCamera(np.eye(4), 1000, 500, lens=50, shift_x=0.1, shift_y=0.2)
-    assert shifted.principal_point == pytest.approx((600.0, 250.0 - 200.0))
+    assert shifted.principal_point == pytest.approx((500.0 - 100.0, 250.0 + 200.0))
     ortho = views.ViewCamera(np.eye(4), 400, 200, kind="ORTHO", ortho_scale=8.0)
     xy, _ = ortho.project(np.array([[4.0, -2.0, -1.0]]))
     assert tuple(xy[0]) == pytest.approx((400.0, 200.0))
@@ -116,3 +118,28 @@ def test_camera_from_blender_values_and_errors():
         views.orbit_views((0, 0, 0), 1.0, 0)
     with pytest.raises(views.ProjectionError, match="elevation"):
         views.orbit_views((0, 0, 0), 1.0, 4, elevation_deg=90)
+
+
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+@pytest.mark.parametrize("fit, size, sides", [
+    ("AUTO", (320, 200), (16, 8, 40, 0)),
+    ("AUTO", (200, 320), (0, 24, 0, 200)),   # grows past square: the fitted axis must not switch
+    ("AUTO", (300, 280), (0, 0, 0, 64)),     # AUTO would now fit the height: kept on the width
+    ("HORIZONTAL", (200, 320), (8, 8, 8, 8)),
+    ("VERTICAL", (320, 200), (100, 0, 0, 0)),
+])
+def test_overscan_keeps_every_pixel_where_it_was(kind, fit, size, sides):
+    """For outpainting: the grown camera sees the original image at offset (left, top), unscaled."""
+    camera = views.ViewCamera(views.look_at((2, -3, 1.5), (0, 0, 0.2)), *size, kind=kind, lens=35, sensor_width=36,
+                              sensor_height=24, sensor_fit=fit, ortho_scale=3.0, shift_x=0.1, shift_y=-0.05)
+    left, top, right, bottom = sides
+    grown = views.overscan(camera, *sides)
+    assert (grown.width, grown.height) == (size[0] + left + right, size[1] + top + bottom)
+    points = np.random.default_rng(3).uniform(-1, 1, (200, 3))
+    xy, depth = camera.project(points)
+    xy2, depth2 = grown.project(points)
+    np.testing.assert_allclose(xy2, xy + [left, top], atol=1e-9)
+    np.testing.assert_allclose(depth2, depth, atol=1e-12)
+    assert views.overscan(camera, 0, 0, 0, 0).project(points)[0] == pytest.approx(xy)
+    with pytest.raises(views.ProjectionError):
+        views.overscan(camera, -1, 0, 0, 0)

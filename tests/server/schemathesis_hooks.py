@@ -67,7 +67,32 @@ def _over_pixel_budget(body) -> bool:
         height = IMAGE_SIDE + extent.get("top", 0) + extent.get("bottom", 0)
     else:
         width, height = request.get("width", 512), request.get("height", 512)
+        hires = _hires_size(request)
+        if hires is not None:  # the second pass's size is what the budget counts
+            width, height = hires
     return width * height * batch > MAX_PIXELS
+
+
+def _hires_size(request: dict) -> tuple[int, int] | None:
+    """The final size of a hires request, from the protocol's own rule (HiresOptions.final_size)."""
+    from latentbridge.protocol import HiresOptions
+
+    hires = request.get("hires")
+    if not isinstance(hires, dict):
+        return None
+    try:
+        return HiresOptions.model_validate(hires).final_size(request.get("width", 512), request.get("height", 512))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _hires_out_of_range(body) -> bool:
+    """A hires pass whose final size leaves 64..MAX_SIDE: a documented 422 (arithmetic on fields)."""
+    from latentbridge.protocol import MAX_SIDE
+
+    request = body.get("request") if isinstance(body, dict) else None
+    size = _hires_size(request) if isinstance(request, dict) else None
+    return size is not None and not all(64 <= side <= MAX_SIDE for side in size)
 
 
 def _control_ends_before_it_starts(body) -> bool:
@@ -118,4 +143,6 @@ def valid_bodies_accepted(ctx, response, case):
         return None  # the documented pixel budget
     if status == 422 and _control_ends_before_it_starts(case.body):
         return None  # the documented order of a control unit's start and end
+    if status == 422 and _hires_out_of_range(case.body):
+        return None  # the documented size rule of the hires pass
     raise AssertionError(f"a schema-valid request was refused with {status}: {response.content[:300]!r}")

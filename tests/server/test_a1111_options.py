@@ -93,7 +93,7 @@ async def test_checkpoints_are_titled_with_their_hash_and_switch_by_any_a1111_na
 
 async def test_error_shapes_clients_tell_apart(client):
     # A route A1111 would have only with an extension: FastAPI's 404, read as "not in API mode".
-    for path in ("/sdapi/v1/no-such-route", "/controlnet/model_list", "/sam/heartbeat", "/tagger/v1/interrogators"):
+    for path in ("/sdapi/v1/no-such-route", "/controlnet/render_openpose_json", "/sam/heartbeat", "/tagger/v1/interrogators"):
         status, body = await call(client, "GET", path)
         assert (status, body["detail"]) == (404, "Not Found") and body["type"] == "error", path
     status, body = await call(client, "GET", "/sdapi/v1/txt2img")
@@ -106,8 +106,8 @@ async def test_error_shapes_clients_tell_apart(client):
     assert (status, body["detail"]) == (404, "Init image not found")
     status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(script_name="X/Y/Z plot"))
     assert (status, body["detail"]) == (422, "Script 'X/Y/Z plot' not found")
-    status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(alwayson_scripts={"ControlNet": {"args": []}}))
-    assert (status, body["detail"]) == (422, "always on script ControlNet not found")
+    status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(alwayson_scripts={"ADetailer": {"args": []}}))
+    assert (status, body["detail"]) == (422, "always on script ADetailer not found")
     status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(steps="many"))
     assert status == 422 and body["detail"][0]["loc"] == ["body", "steps"] and body["field"] == "steps"
     status, body = await call(client, "POST", "/sdapi/v1/txt2img", txt2img(steps=1000))
@@ -128,7 +128,7 @@ async def test_lists_and_flags(make_client, tmp_path):
     assert loras[0]["path"].endswith("detail.safetensors") and isinstance(loras[0]["metadata"], dict)
     _, styles = await call(client, "GET", "/sdapi/v1/prompt-styles", headers=auth)
     assert styles == [{"name": "bronze", "prompt": "{prompt}, cast bronze", "negative_prompt": "plastic"}]
-    for path, expected in (("scripts", {"txt2img": [], "img2img": []}), ("script-info", []), ("extensions", []),
+    for path, expected in (("scripts", {"txt2img": ["controlnet"], "img2img": ["controlnet"]}), ("extensions", []),
                            ("hypernetworks", []), ("face-restorers", []), ("realesrgan-models", []),
                            ("embeddings", {"loaded": {}, "skipped": {}}), ("sd-vae", [])):
         status, body = await call(client, "GET", f"/sdapi/v1/{path}", headers=auth)

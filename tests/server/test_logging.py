@@ -22,12 +22,23 @@ async def _finish(client, job_id: str) -> dict:
     raise AssertionError(status)
 
 
+async def _job_lines(caplog, job_id: str, until: str) -> list[logging.LogRecord]:
+    """The job's log records once its `until` line is written: the worker thread writes the final
+    line just after the job's state changes, so a status poll can see the state first."""
+    for _ in range(250):
+        lines = [r for r in caplog.records if getattr(r, "job_id", None) == job_id]
+        if any(r.event == until for r in lines):
+            return lines
+        await asyncio.sleep(0.02)
+    return lines
+
+
 async def test_one_line_per_job_event(client, caplog):
     caplog.set_level(logging.INFO, logger="latentbridge")
     resp = await client.post("/api/v1/jobs", json={"request": tiny_request()})
     job_id = (await resp.json())["job_id"]
     await _finish(client, job_id)
-    lines = [r for r in caplog.records if getattr(r, "job_id", None) == job_id]
+    lines = await _job_lines(caplog, job_id, until="done")
     assert [r.event for r in lines] == ["accepted", "started", "done"]
     accepted, started, done = (r.getMessage() for r in lines)
     assert job_id in accepted and "txt2img 64x64, 2 steps" in accepted and "client http:127.0.0.1" in accepted
@@ -46,12 +57,7 @@ async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, c
                                                    "images": {"control.0": _png_b64()}})
     failed = (await resp.json())["job_id"]
     assert (await _finish(client, failed))["state"] == "failed"
-    for _ in range(100):  # the line follows the state change by a moment (the worker thread logs it)
-        found = [r.getMessage() for r in caplog.records if getattr(r, "job_id", None) == failed and r.event == "failed"]
-        if found:
-            break
-        await asyncio.sleep(0.02)
-    (message,) = found
+    (message,) = [r.getMessage() for r in await _job_lines(caplog, failed, until="failed") if r.event == "failed"]
     assert "invalid_request" in message and "magic" in message
 
     long = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 import webuiapi
@@ -107,7 +108,7 @@ def test_listings_options_and_model_helpers(api):
     assert api.get_prompt_styles()[0]["name"] == "bronze"
     assert [u["name"] for u in api.get_upscalers()][:3] == ["None", "Lanczos", "Nearest"]
     assert api.get_latent_upscale_modes()[0]["name"] == "Latent"
-    assert api.get_scripts() == {"txt2img": [], "img2img": []} and api.has_controlnet is False
+    assert api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
     for empty in (api.get_sd_vae(), api.get_hypernetworks(), api.get_face_restorers(), api.get_realesrgan_models()):
         assert empty == []
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
@@ -116,7 +117,7 @@ def test_listings_options_and_model_helpers(api):
     assert api.refresh_checkpoints() is None
     api.util_wait_for_ready(check_interval=0.1)  # idle: returns at once
     # What needs an extension answers as A1111 does without it.
-    assert api.custom_get("controlnet/model_list")["detail"] == "Not Found"
+    assert api.custom_get("controlnet/render_openpose_json")["detail"] == "Not Found"
     with pytest.raises(RuntimeError) as info:
         api.interrogate(gradient())
     assert info.value.args[0] == 404
@@ -155,3 +156,38 @@ def test_a_token_server_takes_the_bearer_header(tiny_engine, make_settings):
         assert api.txt2img(prompt="x", width=SIZE, height=SIZE).image.size == (SIZE, SIZE)
     finally:
         server.stop()
+
+
+def test_controlnet_units_detect_and_lists(api):
+    """webuiapi's ControlNetUnit helpers, as scripts use them with sd-webui-controlnet."""
+    assert api.controlnet_version() == 3
+    models = api.controlnet_model_list()
+    controlnet = next(m for m in models if m.startswith("tiny-controlnet ["))
+    adapter = next(m for m in models if m.startswith("tiny-ip-adapter ["))
+    assert {"none", "canny", "ip-adapter_clip_sd15"} <= set(api.controlnet_module_list())
+    picture = Image.new("RGB", (SIZE, SIZE), (10, 10, 10))
+    ImageDraw.Draw(picture).rectangle((12, 12, 44, 52), fill=(240, 240, 240))
+    plain = api.txt2img(prompt="a statue", seed=5, width=SIZE, height=SIZE, cfg_scale=1.0)
+    canny = webuiapi.ControlNetUnit(image=picture, module="canny", model=controlnet, processor_res=64,
+                                    threshold_a=50, threshold_b=150, control_mode=1)
+    ip = webuiapi.ControlNetUnit(image=picture, module="ip-adapter_clip_sd15", model=adapter, weight=0.7)
+    off = webuiapi.ControlNetUnit(image=picture, module="canny", model=controlnet, enabled=False)
+    result = api.txt2img(prompt="a statue", seed=5, width=SIZE, height=SIZE, cfg_scale=1.0,
+                         controlnet_units=[canny, off, ip])
+    assert len(result.images) == 2  # the image and the canny unit's detected map
+    assert not np.array_equal(pixels(result.image), pixels(plain.image))
+    text = result.info["infotexts"][0]
+    assert 'ControlNet 0: "Module: canny' in text and "Control Mode: My prompt is more important" in text
+    assert 'ControlNet 1: "Module: ip-adapter_clip_sd15' in text and "ControlNet 2" not in text
+    assert np.array_equal(np.asarray(result.images[1].convert("L")), cv2.Canny(np.asarray(picture), 50, 150))
+    again = api.txt2img(prompt="a statue", seed=5, width=SIZE, height=SIZE, cfg_scale=1.0, controlnet_units=[canny, ip])
+    assert np.array_equal(pixels(again.image), pixels(result.image))  # disabled units are left out
+    img2img = api.img2img(images=[gradient()], prompt="restyle", seed=4, width=SIZE, height=SIZE,
+                          denoising_strength=0.7, controlnet_units=[webuiapi.ControlNetUnit(module="invert", model=controlnet)])
+    assert len(img2img.images) == 2  # no unit image: the init image is the input, as in the extension
+    detected = api.controlnet_detect([picture], module="canny", processor_res=64, threshold_a=50, threshold_b=150)
+    assert detected.info == "Success" and len(detected.images) == 1
+    assert np.array_equal(np.asarray(detected.image.convert("L")), cv2.Canny(np.asarray(picture), 50, 150))
+    with pytest.raises(RuntimeError):
+        api.txt2img(prompt="x", width=SIZE, height=SIZE, controlnet_units=[
+            webuiapi.ControlNetUnit(image=picture, module="openpose_full", model=controlnet)])

@@ -173,7 +173,10 @@ async def test_reconnect_and_attach(client, ws_connect):
     assert (await third.receive()).type == "done"
     await third.send({"type": "attach", "job_id": "0" * 32})
     error = await third.receive()
-    assert error.code is ErrorCode.unknown_job
+    assert error.code is ErrorCode.unknown_job and error.job_id == "0" * 32 and error.field == "job_id"
+    await third.send({"type": "cancel", "job_id": "1" * 32})
+    error = await third.receive()
+    assert error.code is ErrorCode.unknown_job and error.job_id == "1" * 32
 
 
 async def test_queue_full_is_an_error_event(make_client):

@@ -23,6 +23,7 @@ from ..protocol import (
     LiveOptions,
     ErrorCode,
     GenerationRequest,
+    InvalidRequest,
     LatentBridgeError,
     MissingImage,
     Mode,
@@ -37,7 +38,7 @@ from ..protocol import (
 from .. import images as images_module
 from ..protocol import LATENT_UPSCALERS
 from ..settings import Settings
-from . import control, embeddings, fewstep, models, preprocess, samplers, tiny_control, upscale, vae
+from . import control, embeddings, fewstep, models, preprocess, reference, samplers, tiny_control, upscale, vae
 from .accel import Accel
 from .taesd import TaesdCache
 from .estimators import EstimatorCache
@@ -66,6 +67,7 @@ class Engine:
         self._taesds = TaesdCache(settings)
         self._live = LiveRenderer(self)
         self._controlnets = control.ControlNetCache(settings, local=local)
+        self._references = reference.AdapterCache(settings, local=local)
         self._estimators = EstimatorCache(settings)
         self._lock = threading.Lock()
         self._status = ModelStatus(name=settings.model, state=ModelState.loading)
@@ -116,10 +118,19 @@ class Engine:
             "control_modes": sorted(control.CONTROL_MODES.get(family, set()), key=list(Mode).index),
             "controlnets": names,
             "preprocessors": self.preprocessor_names(),
+            "reference": reference.available(self._model, self.settings),
         }
 
     def preprocessor_names(self) -> list[str]:
         return preprocess.available(self.settings)
+
+    def preprocess(self, name: str, image: Image.Image, options: dict | None = None, *, field: str = "preprocessor",
+                   options_field: str | None = None) -> Image.Image:
+        """Preprocessor `name` on `image` with this engine's depth estimator (a control map, as a unit
+        would get it). Blocking; one that needs the estimator runs on the worker thread."""
+        with torch.inference_mode():
+            return preprocess.preprocess(name, image, options=options, estimators=self._estimators, field=field,
+                                         options_field=options_field)
 
     @property
     def model(self) -> models.LoadedModel | None:
@@ -225,6 +236,7 @@ class Engine:
         model = self._model
         self._check_supported(model, request)
         control_run = self._control_run(model, request, inputs)
+        reference_run = reference.resolve(self._references, model, request, inputs)
         self._live.evict()  # a live session's LoRAs must not colour a job
         accel = self.accel or Accel(model, self.settings)
 
@@ -257,6 +269,7 @@ class Engine:
                         cancel=cancel,
                         tile_vae=tile_vae,
                         control=control_run,
+                        reference=reference_run,
                         upscale=functools.partial(self._upscale_for_run, model, request.seamless, cancel),
                     )
                     with torch.inference_mode(), accel.generation():
@@ -292,6 +305,10 @@ class Engine:
             )
         if request.clip_skip > 1 and model.family == "flux":
             raise Unsupported("clip_skip is not available for flux models (their pipelines take no clip_skip)", field="clip_skip")
+        layers = _text_encoder_layers(model.base)
+        if layers is not None and request.clip_skip > layers:
+            raise InvalidRequest(f"clip_skip {request.clip_skip} is more than the {layers} layers of this model's "
+                                 f"text encoder", field="clip_skip")
         if request.negative_prompt.strip() and model.family == "flux":
             # Flux is guidance-distilled: `guidance` drives its guidance embedding, and a negative
             # prompt would need a second (true CFG) scale the request does not carry.
@@ -465,6 +482,18 @@ def _batch_progress(on_step, index: int, count: int):
         on_step(StepUpdate(index * update.total + update.step, count * update.total, update.elapsed_s, update.preview))
 
     return report
+
+
+def _text_encoder_layers(pipe) -> int | None:
+    """The fewest hidden layers among the pipeline's CLIP text encoders (clip_skip counts from
+    their last layer), or None when it has none that say."""
+    counts = []
+    for name in ("text_encoder", "text_encoder_2"):
+        config = getattr(getattr(pipe, name, None), "config", None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(layers, int):
+            counts.append(layers)
+    return min(counts) if counts else None
 
 
 def _free_memory() -> None:

@@ -27,6 +27,7 @@ from ..protocol import Cancelled, GenerationRequest, InvalidRequest, Mode, Sampl
 from .control import ControlRun
 from .models import LoadedModel
 from .preview import LatentPreviewer
+from .reference import ReferenceRun, applied_reference
 from .samplers import FLOW_FAMILIES, make_scheduler
 from .seamless import decode_latents
 
@@ -69,6 +70,7 @@ class _Run:
     cancel: object | None  # threading.Event
     tile_vae: bool
     control: ControlRun | None = None
+    reference: ReferenceRun | None = None  # IP-Adapter: loaded into the pipeline of each call (reference.py)
     # Upscales an image by name to (width, height) (engine/upscale.py): the hires pass needs it.
     upscale: Callable[..., Image.Image] | None = None
     steps_done: int = 0  # steps of the passes already run (the hires fix runs two)
@@ -279,8 +281,9 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
         kwargs.update(run.control.pipeline_kwargs(kind, work_w, work_h))
     run.check_cancel()
     with text_model_alias(pipe if request.clip_skip > 1 and run.prompt_embeds is None else None), \
-            run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext():
-        latents = pipe(output_type="latent", **kwargs).images
+            run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext(), \
+            applied_reference(run.reference, pipe) as reference_kwargs:
+        latents = pipe(output_type="latent", **kwargs, **reference_kwargs).images
     run.steps_done += seen_total[0]
     return _nchw_latents(pipe, latents, work_w, work_h)
 

@@ -109,16 +109,17 @@ async def _follow(jobs: JobManager, job_id: str, subscription: Any,
 
 
 async def run_job(request: web.Request, generation: GenerationRequest, init_image: Image.Image | None = None,
-                  mask: Image.Image | None = None, *, owner: str,
+                  mask: Image.Image | None = None, *, owner: str, images: dict[str, Image.Image] | None = None,
                   on_submit: Callable[[str], None] | None = None,
                   on_progress: Callable[[ProgressEvent], None] | None = None) -> JobOutcome:
     """Submit `generation` as a job and wait for it, cancelling it if the HTTP client goes away.
-    Raises the job's typed error when it fails; a cancelled job returns with no images."""
+    `images` holds the other inputs by role (control.0, reference.0, ...). Raises the job's typed
+    error when it fails; a cancelled job returns with no images."""
     app = request.app
     jobs: JobManager = app[JOBS_KEY]
     generation = resolve_remote_request(app, generation)
     try:
-        job = await jobs.submit(generation, init_image, mask, owner=owner)
+        job = await jobs.submit(generation, init_image, mask, owner=owner, images=images)
     except LatentBridgeError as exc:
         if exc.code is ErrorCode.queue_full:
             exc.retry_after_s = jobs.retry_after_s()  # type: ignore[attr-defined]

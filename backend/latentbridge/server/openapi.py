@@ -105,8 +105,8 @@ SUBMIT_ERRORS = {
                   "the init image grown by the extents, times batch_size) is over this server's `max_pixels`; "
                   "JSON Schema cannot express that product"),
     "422": _error("`bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs "
-                  "from the init image's; `invalid_request`: a control unit whose `end` is not after its `start` "
-                  "(rules JSON Schema cannot express)"),
+                  "from the init image's; `invalid_request`: a control unit whose `end` is not after its `start`, or a "
+                  "hires pass whose final size leaves 64..4096 (rules JSON Schema cannot express)"),
     "429": _error("`queue_full`: the queue is full; retry after `Retry-After` seconds"),
     "503": _error("`model_not_ready` / `model_load_failed`: the model is not available"),
 }

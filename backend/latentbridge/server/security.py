@@ -214,15 +214,14 @@ def resolve_model_name(name: str, settings: Settings, loaded: str | None = None)
     return resolved
 
 
-def resolve_control_name(name: str, settings: Settings, field: str) -> str:
+def resolve_control_name(name: str, settings: Settings, field: str, what: str = "ControlNet") -> str:
     """A ControlNet or IP-Adapter name from a remote client: a built-in, one the server was
     configured with, or one inside the ControlNet folders (the same rule as for models)."""
     name = name.strip()
     configured = {item.partition("=")[2].strip() for item in settings.controlnet_models}
     if name in BUILTIN_CONTROLNETS or name in BUILTIN_IP_ADAPTERS or name in configured or name == settings.ip_adapter:
         return name
-    model_dirs.find(name, settings, dirs=settings.controlnet_dirs, field=field, what="ControlNet",
-                    flag="--controlnet-dirs")
+    model_dirs.find(name, settings, dirs=settings.controlnet_dirs, field=field, what=what, flag="--controlnet-dirs")
     return model_dirs.canonical_name(name)
 
 

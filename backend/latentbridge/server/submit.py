@@ -37,7 +37,7 @@ def resolve_remote_request(app: web.Application, request: GenerationRequest) -> 
         if unit.model is not None:
             resolve_control_name(unit.model, settings, f"controls.{i}.model")
     if request.reference is not None and request.reference.model is not None:
-        resolve_control_name(request.reference.model, settings, "reference.model")
+        resolve_control_name(request.reference.model, settings, "reference.model", what="IP-Adapter")
     if request.model is None:
         return request
     loaded = app[ENGINE_KEY].status.name

@@ -176,14 +176,21 @@ class Connection:
             return  # the job's stream reports `cancelled`
         status = jobs.status(message.job_id)
         if status is None:
-            raise LatentBridgeError(f"no job {message.job_id}", field="job_id", code=ErrorCode.unknown_job)
+            await self._unknown_job(message.job_id)
+            return
         await self.send_event(status)  # already finished: say how it ended
+
+    async def _unknown_job(self, job_id: str) -> None:
+        """The error names the job asked about, so a client following several can tell which."""
+        await self.send_error(LatentBridgeError(f"no job {job_id}", field="job_id", code=ErrorCode.unknown_job),
+                              job_id=job_id)
 
     async def on_attach(self, message: AttachMessage) -> None:
         jobs = self.app[JOBS_KEY]
         status = jobs.status(message.job_id)
         if status is None:
-            raise LatentBridgeError(f"no job {message.job_id}", field="job_id", code=ErrorCode.unknown_job)
+            await self._unknown_job(message.job_id)
+            return
         if message.job_id in self.forwarders:
             await self.send_event(status)
             return

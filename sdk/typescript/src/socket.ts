@@ -62,11 +62,13 @@ async function defaultWebSocket(): Promise<WebSocketConstructor> {
   }
 }
 
-/** Whether an error answers the pending call. Only a submit or an attach can be refused; the
- * refusal has no job id; an `unknown_job` naming the field `job_id` answers an attach or a
- * cancel, never a submit. */
+/** Whether an error answers the pending call. Only a submit or an attach can be refused. A
+ * refused submit has no job id; an attach to an unknown job is refused with `unknown_job` naming
+ * the job asked about (a cancel of an unknown job gets the same error, which is not an answer to a
+ * pending submit). */
 function answersCall(event: ErrorEvent, pending: ClientMessage): boolean {
-  if (event.job_id || (pending.type !== "submit" && pending.type !== "attach")) return false;
+  if (event.job_id) return pending.type === "attach" && pending.job_id === event.job_id && event.code === "unknown_job";
+  if (pending.type !== "submit" && pending.type !== "attach") return false;
   return !(pending.type === "submit" && event.code === "unknown_job" && event.field === "job_id");
 }
 
@@ -283,7 +285,7 @@ export class Connection {
   }
 
   /** Send `message` and wait for the reply `accept` recognises. One call at a time: the server
-   * reports a refused submit (or an unknown job) as an error without a job id. */
+   * reports a refused submit as an error without a job id, an unknown job as one naming it. */
   private call<T extends ServerEvent>(message: ClientMessage, accept: (event: ServerEvent) => boolean, before?: () => void): Promise<T> {
     const run = () => new Promise<T>((resolve, reject) => {
       this.waiter = {

@@ -15,7 +15,7 @@ import contextlib
 from aiohttp import web
 
 from ...model_hash import HashCache
-from . import extras, info, models, options, progress, samplers
+from . import controlnet, extras, info, models, options, progress, samplers
 from .errors import not_found_middleware
 from .generation import img2img, txt2img
 from .imaging import apply_inpainting_fill
@@ -85,5 +85,7 @@ def add_a1111_routes(app: web.Application) -> None:
     app.middlewares.append(not_found_middleware())
     for method, path, handler in ROUTES:
         app.router.add_route(method, f"{PREFIX}/{path}", handler)
+    for method, path, handler in controlnet.ROUTES:  # sd-webui-controlnet's own routes
+        app.router.add_route(method, path, handler)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)

@@ -20,8 +20,10 @@ from aiohttp import web
 from ..jsonio import json_response
 from ...infotext import SCHEDULE_LABELS, a1111_parameters, effective_schedule, model_label, sampler_name, upscaler_label
 from ...model_hash import ADDNET_SHORT, short
-from ...protocol import GenerationRequest, InvalidRequest, Mode, Schedule
+from ...protocol import GenerationRequest, InvalidRequest, LatentBridgeError, Mode, Schedule
 from ..compat import run_job
+from .controlnet import controlnet_key, unit_context
+from .controlnet import png as controlnet_png
 from .errors import a1111_route, read_json
 from .imaging import encode_result
 from .models import checkpoint_for, digest, find_checkpoint
@@ -56,6 +58,7 @@ async def run_plan(request: web.Request, plan: Plan) -> Outcome:
             job_request = plan.request_for(iteration)
             task.job_no, task.step, task.total, task.skipped = iteration, 0, job_request.steps, False
             result = await run_job(request, job_request, plan.init_image, plan.mask, owner=owner(request),
+                                   images=plan.controlnet.images if plan.controlnet else None,
                                    on_submit=lambda job_id: setattr(task, "job_id", job_id), on_progress=on_progress)
             outcome.pngs += result.pngs
             outcome.seeds += result.seeds
@@ -82,8 +85,11 @@ async def _context(request: web.Request, payload: dict[str, Any]) -> tuple[Conte
     if wanted:
         checkpoint = (await asyncio.to_thread(find_checkpoint, app, wanted)).name
     styles = await asyncio.to_thread(read_styles, styles_file(cfg)) if payload.get("styles") else []
+    scripts = payload.get("alwayson_scripts")
+    has_units = isinstance(scripts, dict) and controlnet_key(scripts) is not None
     ctx = Context(max_pixels=cfg.max_pixels, max_iterations=cfg.max_queue, options=effective(app, overrides),
-                  styles=styles, resolve_sampler=engine_resolver(app), checkpoint=checkpoint)
+                  styles=styles, resolve_sampler=engine_resolver(app), checkpoint=checkpoint,
+                  controlnet=await unit_context(app) if has_units else None)
     return ctx, overrides
 
 
@@ -128,6 +134,9 @@ def build_info(app: web.Application, plan: Plan, outcome: Outcome) -> dict[str, 
             generation_params["Hires steps"] = req.hires.steps
     if req.loras and "Lora hashes" in extra:
         generation_params["Lora hashes"] = extra["Lora hashes"]
+    if plan.controlnet is not None:
+        extra.update(plan.controlnet.infotext_fields())  # the extension's "ControlNet <i>" fields
+        generation_params.update(plan.controlnet.infotext_fields())
     return {
         "prompt": req.prompt,
         "all_prompts": [r.prompt for r in requests],
@@ -169,7 +178,12 @@ async def _generate(request: web.Request, kind: str) -> web.Response:
     data = await read_json(request)
     ctx, overrides = await _context(request, data if isinstance(data, dict) else {})
     plan = await asyncio.to_thread(build_plan, kind, data, ctx)
-    outcome = await run_plan(request, plan)
+    try:
+        if plan.controlnet is not None:
+            await plan.controlnet.make_maps(request, plan.request.width, plan.request.height)
+        outcome = await run_plan(request, plan)
+    except LatentBridgeError as exc:
+        raise plan.controlnet.rename(exc) if plan.controlnet is not None else exc
     if not plan.payload.override_settings_restore_afterwards and overrides:
         # A1111 keeps the call's settings afterwards when asked: the checkpoint becomes the selected one.
         if ctx.checkpoint:
@@ -178,6 +192,10 @@ async def _generate(request: web.Request, kind: str) -> web.Response:
     info = await asyncio.to_thread(build_info, app, plan, outcome)
     encoded = await asyncio.to_thread(
         lambda: [encode_result(png, text, plan.options) for png, text in zip(outcome.pngs, info["infotexts"])])
+    if plan.controlnet is not None and outcome.pngs and not plan.options.get("control_net_no_detectmap"):
+        # As the extension does: the detected maps after the images (unit option save_detected_map).
+        encoded += await asyncio.to_thread(
+            lambda: [encode_result(controlnet_png(m), None, plan.options) for m in plan.controlnet.maps])
     parameters = plan.payload.model_dump(mode="json")
     if isinstance(plan.payload, Img2ImgPayload) and not plan.payload.include_init_images:
         parameters["init_images"] = None

@@ -1,8 +1,8 @@
 """What this server has, in A1111's words: /scripts, /script-info, /extensions, /prompt-styles, /cmd-flags.
 
-This server runs no A1111 scripts or extensions, so those lists are empty, exactly what a client
-asking "is ControlNet (or ADetailer, ...) installed?" must see; a call that names a script gets
-A1111's own "not found" answer. /cmd-flags answers A1111's flag names with this server's
+The one always-on script here is sd-webui-controlnet's `controlnet` (a1111/controlnet.py), listed
+as A1111 lists it; no selectable scripts or other extensions run, so a call that names one gets
+A1111's own "not found" answer and a client asking "is ADetailer installed?" sees no. /cmd-flags answers A1111's flag names with this server's
 settings: a safe subset that never holds the token or a path outside the folders it serves.
 """
 
@@ -14,6 +14,8 @@ from aiohttp import web
 
 from ..jsonio import json_response
 from ..security import is_loopback
+from ...protocol import MAX_CONTROLS
+from .controlnet_units import SCRIPT
 from .errors import a1111_route
 from .prompts import read_styles, styles_file
 from .state import engine, settings
@@ -21,12 +23,16 @@ from .state import engine, settings
 
 @a1111_route
 async def scripts(request: web.Request) -> web.Response:
-    return json_response({"txt2img": [], "img2img": []})
+    return json_response({"txt2img": [SCRIPT], "img2img": [SCRIPT]})
 
 
 @a1111_route
 async def script_info(request: web.Request) -> web.Response:
-    return json_response([])
+    # Its arguments are the units (`alwayson_scripts.controlnet.args`), as the extension's are.
+    args = [{"label": f"ControlNet Unit {i}", "value": None, "minimum": None, "maximum": None, "step": None,
+             "choices": None} for i in range(MAX_CONTROLS)]
+    return json_response([{"name": SCRIPT, "is_alwayson": True, "is_img2img": is_img2img, "args": args}
+                          for is_img2img in (False, True)])
 
 
 @a1111_route

@@ -17,13 +17,17 @@ from pydantic import ValidationError
 from ...infotext import LATENT_UPSCALE_MODES
 from ...protocol import (
     MAX_SEED,
+    ErrorCode,
     GenerationRequest,
+    LatentBridgeError,
     InvalidRequest,
     Mode,
     Seamless,
     Unsupported,
     error_from_validation,
 )
+from .controlnet import ControlNetPlan, controlnet_key
+from .controlnet_units import UnitContext
 from .errors import A1111Error, a1111_field, parse_body
 from .imaging import _threshold, apply_inpainting_fill, binary_mask, decode_b64_image, fit_image
 from .payloads import Img2ImgPayload, Txt2ImgPayload
@@ -44,6 +48,7 @@ class Context:
     styles: list[Style]
     resolve_sampler: Callable[..., tuple]  # samplers.engine_resolver(app)
     checkpoint: str | None = None  # the model this call uses (None: the loaded one)
+    controlnet: UnitContext | None = None  # the ControlNet models and modules, when the call has units
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Plan:
     options: dict[str, Any] = field(default_factory=dict)
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
+    controlnet: ControlNetPlan | None = None  # sd-webui-controlnet's units, as our controls / reference
 
     def request_for(self, iteration: int) -> GenerationRequest:
         seed = ((self.request.seed or 0) + iteration * self.request.batch_size) % (MAX_SEED + 1)
@@ -88,7 +94,8 @@ def _refuse_unsupported(payload: Txt2ImgPayload, options: dict[str, Any]) -> Non
     if payload.script_name:
         raise A1111Error(f"Script '{payload.script_name}' not found", status=422, field="script_name")
     for name in payload.alwayson_scripts or {}:
-        raise A1111Error(f"always on script {name} not found", status=422, field="alwayson_scripts")
+        if name != controlnet_key(payload.alwayson_scripts):
+            raise A1111Error(f"always on script {name} not found", status=422, field="alwayson_scripts")
     restore = payload.restore_faces if payload.restore_faces is not None else options.get("face_restoration")
     if restore:
         raise Unsupported("face restoration is not available here (GET /sdapi/v1/face-restorers lists none)",
@@ -171,11 +178,28 @@ def build_plan(kind: str, data: Any, ctx: Context) -> Plan:
     init_image = mask = None
     if isinstance(payload, Img2ImgPayload):
         init_image, mask = _img2img(payload, fields, width, height, ctx, options)
+    controlnet = _controlnet(payload, ctx, init_image)
+    if controlnet is not None:
+        fields["controls"], fields["reference"] = controlnet.controls, controlnet.reference
     try:
         request = GenerationRequest.model_validate(fields)
     except ValidationError as exc:
-        raise a1111_field(error_from_validation(exc)) from None
-    return Plan(kind, payload, request, payload.n_iter, options, init_image, mask)
+        error = error_from_validation(exc)
+        raise (controlnet.rename(error) if controlnet is not None else a1111_field(error)) from None
+    return Plan(kind, payload, request, payload.n_iter, options, init_image, mask, controlnet)
+
+
+def _controlnet(payload: Txt2ImgPayload, ctx: Context, init_image: Image.Image | None) -> ControlNetPlan | None:
+    key = controlnet_key(payload.alwayson_scripts or {})
+    if key is None:
+        return None
+    script = payload.alwayson_scripts[key]
+    if not isinstance(script, dict):
+        raise InvalidRequest(f"alwayson_scripts.{key} must be an object with `args`", field=f"alwayson_scripts.{key}")
+    if ctx.controlnet is None:  # generation._context gathers it for every call that names the script
+        raise LatentBridgeError("the ControlNet models were not gathered for this call", code=ErrorCode.internal)
+    plan = ControlNetPlan.build(key, script.get("args"), ctx.controlnet, init_image)
+    return plan if plan.units else None
 
 
 def _img2img(payload: Img2ImgPayload, fields: dict[str, Any], width: int, height: int, ctx: Context,

@@ -604,7 +604,7 @@ export interface components {
              * @default null
              */
             vae?: string | null;
-        } & unknown;
+        } & (unknown & unknown & unknown);
         /** HealthResponse */
         HealthResponse: {
             /**
@@ -1481,7 +1481,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEvent"];
                 };
             };
-            /** @description `bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs from the init image's; `invalid_request`: a control unit whose `end` is not after its `start` (rules JSON Schema cannot express) */
+            /** @description `bad_image`: an image that is not a decodable PNG, JPEG or WebP, or a mask whose size differs from the init image's; `invalid_request`: a control unit whose `end` is not after its `start`, or a hires pass whose final size leaves 64..4096 (rules JSON Schema cannot express) */
             422: {
                 headers: {
                     [name: string]: unknown;
