@@ -331,7 +331,9 @@ def on_live_event(item: Any) -> None:
         if live is not None:
             live.status = f"Live ({event['decoder']} decoder, {event['request']['steps']} step schedule)"
     elif kind == "live_stopped" and event.get("job_id") == state.job_id:
-        if event.get("reason") not in ("stopped",) and running():
+        if event.get("reason") == "failed" and running():  # every frame would fail: say why, stop
+            _failed(event.get("message") or "the server ended the session")
+        elif event.get("reason") != "stopped" and running():
             state.job_id = None  # the connection dropped: the network thread starts it again
             if live is not None:
                 live.status = f"Restarting ({event['reason']})…"

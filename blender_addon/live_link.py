@@ -149,7 +149,9 @@ class LiveOutbox:
             if kind in ("live_updated", "live_stopped"):
                 if kind == "live_stopped" and event.get("job_id") == self.job_id:
                     self.job_id, self._in_flight = None, None
-                    self.start_text = None if event.get("reason") == "stopped" else self.start_text
+                    # Stopped or failed (its settings cannot render): over. Otherwise (shutdown) the
+                    # session starts again, on the next connection.
+                    self.start_text = None if event.get("reason") in ("stopped", "failed") else self.start_text
                 return True
             if kind == "error" and event.get("job_id") and event.get("job_id") == self.job_id:
                 self._in_flight = None  # that frame failed: the next may go

@@ -130,3 +130,10 @@ def test_a_new_connection_forgets_what_was_meant_for_the_old_session():
     box.on_disconnected()
     (restart,) = box.outgoing()
     assert json.loads(restart)["type"] == "live_start" and json.loads(restart)["request"]["prompt"] == "marble"
+
+
+def test_a_failed_session_is_not_started_again():
+    box = _running()
+    assert box.on_event({"type": "live_stopped", "job_id": "live-1", "reason": "failed", "message": "no model",
+                         "frames": {}})
+    assert not box.active and box.outgoing() == []  # no live_start loop against settings that cannot render
