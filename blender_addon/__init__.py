@@ -8,13 +8,14 @@ import atexit
 
 import bpy
 
-from . import capture, control_ui, feedback, menus, operators, ops_server, panels, preferences, properties, session, texture_ui
+from . import (capture, control_ui, feedback, live, menus, operators, ops_server, panels, preferences, properties, session,
+               texture_ui)
 from .controller import controller, timer
 from .worker import worker
 
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
     control_ui.classes + texture_ui.classes + properties.classes + preferences.classes + operators.classes
-    + ops_server.classes + menus.classes + panels.classes
+    + ops_server.classes + menus.classes + panels.classes + live.classes
 )
 
 
@@ -31,6 +32,7 @@ def register() -> None:
     properties.register()
     control_ui.register()
     texture_ui.register()
+    live.register()
     session.register()
     menus.register()
     feedback.register()
@@ -46,6 +48,7 @@ def unregister() -> None:
         bpy.app.timers.unregister(timer)
     if capture.note_changes in bpy.app.handlers.depsgraph_update_post:
         bpy.app.handlers.depsgraph_update_post.remove(capture.note_changes)
+    live.unregister()
     controller.shutdown()
     worker.stop()
     feedback.unregister()

@@ -140,9 +140,8 @@ class _Changes:
 _last: dict[str, Render] = {}  # scene name → its last render
 
 
-@persistent
-def note_changes(_scene: Any, depsgraph: Any) -> None:
-    """depsgraph_update_post: a change that could alter a render invalidates the reused one."""
+def changes_picture(depsgraph: Any) -> bool:
+    """Whether a depsgraph update could alter a render (live mode uses it too)."""
     for update in depsgraph.updates:
         if isinstance(update.id, _IGNORED_UPDATES + (bpy.types.Scene, bpy.types.Collection)):
             continue
@@ -150,8 +149,15 @@ def note_changes(_scene: Any, depsgraph: Any) -> None:
         # with a shading update; a real change of an object moves or reshapes it.
         if isinstance(update.id, bpy.types.Object) and not (update.is_updated_transform or update.is_updated_geometry):
             continue
+        return True
+    return False
+
+
+@persistent
+def note_changes(_scene: Any, depsgraph: Any) -> None:
+    """depsgraph_update_post: a change that could alter a render invalidates the reused one."""
+    if changes_picture(depsgraph):
         _Changes.count += 1
-        return
 
 
 def _flush_changes(scene: bpy.types.Scene) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import wire
+from .live_link import LiveOutbox
 
 # Connection states shown in the UI.
 IDLE = "IDLE"
@@ -33,6 +34,7 @@ CLOSED = "CLOSED"
 LOST = "lost"  # an Incoming kind: the server does not know a job this client follows (it restarted)
 
 RECV_SLICE_S = 0.02  # how long one receive waits before the thread looks at its outgoing queue
+LIVE_RECV_SLICE_S = 0.004  # the same while live mode runs: a captured frame leaves within this
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -80,6 +82,7 @@ class Connection:
         self.server_hello: dict[str, Any] | None = None
         self.attempts = 0
         self._retry_at: float | None = None  # monotonic time of the next attempt while RETRYING
+        self.live = LiveOutbox()  # live mode's latest-wins frames (live_link.py)
 
     # ------------------------------------------------------------------ main-thread API
 
@@ -166,6 +169,9 @@ class Connection:
 
     def _push(self, item: Incoming) -> None:
         with self._lock:
+            if item.kind == "live_result":  # latest wins: only the newest result is worth applying
+                for old in [i for i in self._incoming if i.kind == "live_result"]:
+                    self._incoming.remove(old)
             if item.kind == "preview":
                 # Latest wins: an undrained older preview of the same job is dropped.
                 job = item.header.get("job_id")
@@ -205,15 +211,18 @@ class Connection:
                     with ws:
                         if self._handshake(ws):
                             delay = self.backoff_min_s
+                            self.live.on_disconnected()  # a new connection holds no live session yet
                             self._serve(ws)
                         elif self.state in (UNAUTHORIZED, INCOMPATIBLE):
                             self._wait_for_stop()
                             return
                 except ConnectionClosed as exc:
+                    self.live.on_disconnected()
                     if self._stop.is_set():
                         break
                     self._retry_status(_dropped_message(exc, self._active_jobs), delay)
                 except (OSError, TimeoutError) as exc:
+                    self.live.on_disconnected()
                     self._retry_status(f"Connection lost ({exc})", delay)
             if self._stop.is_set():
                 break
@@ -336,8 +345,9 @@ class Connection:
     def _serve(self, ws: Any) -> None:
         while not self._stop.is_set():
             self._flush_outgoing(ws)
+            self._flush_live(ws)
             try:
-                frame = ws.recv(timeout=RECV_SLICE_S)
+                frame = ws.recv(timeout=LIVE_RECV_SLICE_S if self.live.active else RECV_SLICE_S)
             except TimeoutError:
                 continue
             self._receive(frame)
@@ -364,6 +374,11 @@ class Connection:
                 self._requeue_front(what, payload)
                 raise
 
+    def _flush_live(self, ws: Any) -> None:
+        # A failed send is a dropped connection: `live.on_disconnected` then redoes the session.
+        for message in self.live.outgoing():
+            ws.send(message)
+
     def _requeue_front(self, what: str, payload: Any) -> None:
         rest = []
         while True:
@@ -382,6 +397,8 @@ class Connection:
             except wire.WireError as exc:
                 self._push(Incoming("event", {"type": "error", "code": exc.code, "message": f"bad frame from server: {exc.message}", "job_id": None}))
                 return
+            if header["kind"] == "live_result" and not self.live.on_result(header):
+                return  # an earlier session's late result
             if header["format"] == wire.RAW_PREVIEW:
                 try:
                     pixels = wire.raw_preview_pixels(data, header["width"], header["height"])
@@ -398,6 +415,9 @@ class Connection:
             self._push(Incoming("event", {"type": "error", "code": exc.code, "message": f"bad event from server: {exc.message}", "job_id": None}))
             return
         kind, job_id = event["type"], event.get("job_id")
+        if self.live.on_event(event):
+            self._push(Incoming("live", event))
+            return
         if kind == "error" and not job_id and event.get("code") == "unknown_job" and self._find_lost():
             return  # answered with the lost job(s) instead
         if kind in ("done", "cancelled", "error", "status") and job_id:

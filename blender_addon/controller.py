@@ -93,6 +93,7 @@ class Controller:
         self.conn_status = "Not connected"
         self._outage_reported = False
         self.after_drain: list[Callable[[], None]] = []  # e.g. the animation's next frame
+        self.handlers: dict[str, Callable[[Incoming], None]] = {}  # Incoming kind → handler (live mode's)
 
     # ------------------------------------------------------------------ connection
 
@@ -292,6 +293,10 @@ class Controller:
         return elapsed
 
     def _handle(self, item: Incoming) -> None:
+        handler = self.handlers.get(item.kind)
+        if handler is not None:
+            handler(item)
+            return
         if item.kind == "state":
             self._on_state(item.event["state"], item.event["status"])
         elif item.kind == "models":

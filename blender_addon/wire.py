@@ -17,11 +17,16 @@ WS_PATH = "/api/v1/ws"
 DEFAULT_PORT = 7423
 MAX_BINARY_HEADER = 4096
 
-BINARY_KINDS = ("upload", "preview", "result")
+BINARY_KINDS = ("upload", "preview", "result", "live_frame", "live_result")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-RAW_PREVIEW = "rgb"  # raw 8-bit RGB rows, top first: preview frames only
+RAW_PREVIEW = "rgb"  # raw 8-bit RGB rows, top first: preview and live frames only
+RAW_KINDS = ("preview", "live_frame", "live_result")
+MAX_CONTROLS = 4
+LIVE_ROLES = ("init",) + tuple(f"control.{i}" for i in range(MAX_CONTROLS))
+TIMING_FIELDS = ("wait", "decode", "setup", "denoise", "vae", "encode")
 # Header fields in the order the server serialises them (pydantic model order).
-_HEADER_FIELDS = ("kind", "format", "job_id", "upload_id", "index", "step", "total", "width", "height")
+_HEADER_FIELDS = ("kind", "format", "job_id", "upload_id", "index", "step", "total", "width", "height", "frame",
+                  "revision", "parts", "timings")
 
 # Required fields of every server event type; anything more is kept as given.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -37,6 +42,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "status": ("job_id", "state"),
     "pong": (),
     "model": ("model",),
+    "live_started": ("job_id", "revision", "request", "live", "decoder"),
+    "live_updated": ("job_id", "revision", "request", "live", "decoder"),
+    "live_stopped": ("job_id", "reason", "frames"),
 }
 
 
@@ -93,6 +101,47 @@ def ping_message() -> str:
     return _dumps({"type": "ping"})
 
 
+def live_start_message(request: dict[str, Any], live: dict[str, Any] | None = None, client_ref: str | None = None) -> str:
+    msg: dict[str, Any] = {"type": "live_start", "request": request}
+    if client_ref is not None:
+        msg["client_ref"] = client_ref
+    if live:
+        msg["live"] = dict(live)
+    return _dumps(msg)
+
+
+def live_update_message(job_id: str, request: dict[str, Any] | None = None, live: dict[str, Any] | None = None) -> str:
+    msg: dict[str, Any] = {"type": "live_update", "job_id": job_id}
+    if request is not None:
+        msg["request"] = request
+    if live is not None:
+        msg["live"] = dict(live)
+    return _dumps(msg)
+
+
+def live_stop_message(job_id: str) -> str:
+    return _dumps({"type": "live_stop", "job_id": job_id})
+
+
+def live_frame(job_id: str, frame: int, parts: dict[str, bytes], fmt: str = "png", width: int | None = None,
+               height: int | None = None) -> bytes:
+    """One live frame: its images (role → bytes: `init`, `control.<i>`) one after the other."""
+    header = {"kind": "live_frame", "format": fmt, "job_id": job_id, "width": width, "height": height, "frame": frame,
+              "parts": [{"role": role, "bytes": len(data)} for role, data in parts.items()]}
+    return encode_binary(header, b"".join(parts.values()))
+
+
+def live_parts(header: dict[str, Any], payload: bytes) -> dict[str, bytes]:
+    """A live frame's payload cut into its parts (role → bytes)."""
+    if sum(part["bytes"] for part in header["parts"]) != len(payload):
+        raise WireError("live frame payload does not match its parts", field="header.parts")
+    out, offset = {}, 0
+    for part in header["parts"]:
+        out[part["role"]] = payload[offset:offset + part["bytes"]]
+        offset += part["bytes"]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Server events (JSON text frames)
 
@@ -130,7 +179,8 @@ def _check_header(header: dict[str, Any]) -> None:
         value = header.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 100):
             raise WireError(f"header.{name}: must be a string of at most 100 characters", field=f"header.{name}")
-    for name, low, high in (("index", 0, 1024), ("step", 0, None), ("total", 0, None), ("width", 1, None), ("height", 1, None)):
+    for name, low, high in (("index", 0, 1024), ("step", 0, None), ("total", 0, None), ("width", 1, None), ("height", 1, None),
+                            ("frame", 0, 2**53), ("revision", 0, None)):
         value = header.get(name)
         if value is None:
             continue
@@ -140,8 +190,37 @@ def _check_header(header: dict[str, Any]) -> None:
         raise WireError("header: upload frames need `upload_id`", field="header")
     if header["kind"] != "upload" and not header.get("job_id"):
         raise WireError(f"header: {header['kind']} frames need `job_id`", field="header")
-    if header["format"] == RAW_PREVIEW and (header["kind"] != "preview" or not header.get("width") or not header.get("height")):
-        raise WireError("header: raw `rgb` payloads are for preview frames only, with width and height", field="header")
+    if header["format"] == RAW_PREVIEW and (header["kind"] not in RAW_KINDS or not header.get("width") or not header.get("height")):
+        raise WireError("header: raw `rgb` payloads are for preview and live frames only, with width and height", field="header")
+    _check_live(header)
+
+
+def _check_live(header: dict[str, Any]) -> None:
+    kind, parts, timings = header["kind"], header.get("parts"), header.get("timings")
+    if kind.startswith("live_") and header.get("frame") is None:
+        raise WireError(f"header: {kind} frames need `frame`", field="header")
+    if (kind == "live_frame") != (parts is not None):
+        raise WireError("header: `parts` is required on live_frame frames and only there", field="header")
+    if timings is not None and (not isinstance(timings, dict) or set(timings) - set(TIMING_FIELDS)
+                                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values())):
+        raise WireError("header.timings: stage → milliseconds", field="header.timings")
+    if parts is None:
+        return
+    if not isinstance(parts, list) or not 1 <= len(parts) <= 1 + MAX_CONTROLS:
+        raise WireError("header.parts: 1 to 5 parts", field="header.parts")
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or set(part) != {"role", "bytes"}:
+            raise WireError(f"header.parts.{i}: needs `role` and `bytes`", field=f"header.parts.{i}")
+        if part["role"] not in LIVE_ROLES:
+            raise WireError(f"header.parts.{i}.role: init or control.<i>", field=f"header.parts.{i}.role")
+        size = part["bytes"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise WireError(f"header.parts.{i}.bytes: a positive length", field=f"header.parts.{i}.bytes")
+    roles = [part["role"] for part in parts]
+    if len(set(roles)) != len(roles):
+        raise WireError("header: each role appears once in `parts`", field="header")
+    if header["format"] == RAW_PREVIEW and any(p["bytes"] != header["width"] * header["height"] * 3 for p in parts):
+        raise WireError("header: raw `rgb` parts are width * height * 3 bytes each", field="header")
 
 
 def encode_binary(header: dict[str, Any], payload: bytes) -> bytes:
@@ -149,6 +228,10 @@ def encode_binary(header: dict[str, Any], payload: bytes) -> bytes:
     full = {"index": 0, **{k: v for k, v in header.items() if v is not None}}
     _check_header(full)
     ordered = {name: full[name] for name in _HEADER_FIELDS if name in full}
+    if isinstance(ordered.get("timings"), dict):
+        ordered["timings"] = {k: ordered["timings"][k] for k in TIMING_FIELDS if k in ordered["timings"]}
+    if isinstance(ordered.get("parts"), list):
+        ordered["parts"] = [{"role": p.get("role"), "bytes": p.get("bytes")} for p in ordered["parts"]]
     head = _dumps(ordered).encode("utf-8")
     if len(head) > MAX_BINARY_HEADER:
         raise WireError("binary header too long")
@@ -190,8 +273,8 @@ def model_summary(model: dict[str, Any]) -> str:
 
 
 def raw_preview_pixels(payload: bytes, width: int, height: int):
-    """A raw `rgb` preview as Blender wants pixels: flat float32 RGBA, bottom row first. Runs on
-    the network thread, so the main thread only has to `foreach_set` it."""
+    """A raw `rgb` preview (or live result) as Blender wants pixels: flat float32 RGBA, bottom row
+    first. Runs on the network thread, so the main thread only has to `foreach_set` it."""
     import numpy as np  # Blender ships numpy; only this function needs it
 
     if len(payload) != width * height * 3:

@@ -53,6 +53,7 @@ SAMPLERS: tuple[A1111Sampler, ...] = (
     A1111Sampler("PLMS", Sampler.pndm, ("plms",)),
     A1111Sampler("UniPC", Sampler.unipc, ("unipc",)),
     A1111Sampler("LCM", Sampler.lcm, ("k_lcm",), {}, _UNIFORM),
+    A1111Sampler("TCD", Sampler.tcd, ("tcd",), {}, _UNIFORM),  # as Forge names it
 )
 _BY_SAMPLER = {s.sampler: s for s in SAMPLERS}
 

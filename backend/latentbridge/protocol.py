@@ -59,6 +59,7 @@ class Sampler(str, Enum):
     ddim = "ddim"
     unipc = "unipc"
     lcm = "lcm"
+    tcd = "tcd"
     heun = "heun"
     pndm = "pndm"
     lms = "lms"
@@ -558,18 +559,78 @@ class PingMessage(Strict):
     type: Literal["ping"] = "ping"
 
 
+# --------------------------------------------------------------------------------------------
+# Live mode (docs/live.md): a session renders every frame the client sends, latest wins.
+
+
+class LivePreset(str, Enum):
+    """Few-step settings a live session runs with (docs/live.md lists the checkpoints and LoRAs
+    each one is for; a LoRA goes in `request.loras`)."""
+
+    custom = "custom"  # the request's own sampler, schedule, steps and guidance
+    turbo = "turbo"  # SD-Turbo / SDXL-Turbo checkpoints: euler, trailing timesteps, guidance off
+    lcm = "lcm"  # LCM checkpoints, or an LCM-LoRA: LCM scheduler, guidance off
+    lightning = "lightning"  # SDXL-Lightning LoRAs or UNets: euler, trailing timesteps, guidance off
+    hyper = "hyper"  # Hyper-SD N-step LoRAs: DDIM, trailing timesteps, guidance off
+    tcd = "tcd"  # TCD LoRAs: the TCD scheduler, guidance off
+
+
+class LiveOptions(StrictNumbers):
+    """How a live session renders its frames (fixed for the session; `live_update` changes them)."""
+
+    preset: LivePreset = Field(LivePreset.turbo, description="Few-step settings (custom: the request's own)")
+    steps: int | None = Field(None, ge=1, le=50, description="Denoising steps each frame runs (img2img: after "
+                              "`strength`); the preset's when absent (turbo 1, the others 4; custom: the request's)")
+    decoder: Literal["taesd", "vae"] = Field("taesd", description="taesd: the tiny autoencoder (AutoencoderTiny) "
+                                             "encodes and decodes the frames (fast); vae: the model's own VAE. "
+                                             "Without a configured TAESD the server uses the VAE and says so")
+    format: Literal["jpeg", "png", "rgb"] = Field("jpeg", description="Encoding of the result frames; rgb: raw "
+                                                  "8-bit RGB rows, for clients on the same machine")
+
+
+class LiveStartMessage(Strict):
+    """Start a live session: every `live_frame` it is sent becomes one img2img (or, with control
+    units, txt2img) generation of `request`, at most one pending per session (a newer frame
+    replaces it). The server answers `live_started` with the session's `job_id`."""
+
+    type: Literal["live_start"] = "live_start"
+    client_ref: str | None = Field(None, max_length=200, description="Echoed in `live_started` to correlate")
+    request: GenerationRequest
+    live: LiveOptions = Field(default_factory=LiveOptions)
+
+
+class LiveUpdateMessage(Strict):
+    """Change a running session's request and/or options (a new prompt, strength, seed, units...)
+    without restarting it; the last frame is rendered again with them when it carries the parts
+    they take (a change of control units waits for the client's next frame)."""
+
+    type: Literal["live_update"] = "live_update"
+    job_id: str = Field(..., max_length=100)
+    request: GenerationRequest | None = None
+    live: LiveOptions | None = None
+
+
+class LiveStopMessage(Strict):
+    type: Literal["live_stop"] = "live_stop"
+    job_id: str = Field(..., max_length=100)
+
+
 ClientMessage = Annotated[
-    Union[HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage], Field(discriminator="type")
+    Union[HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage, LiveStartMessage, LiveUpdateMessage,
+          LiveStopMessage], Field(discriminator="type")
 ]
 _client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 
-def parse_client_message(text: str | bytes) -> HelloMessage | SubmitMessage | CancelMessage | AttachMessage | PingMessage:
+CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "attach", "ping", "live_start", "live_update", "live_stop")
+
+
+def parse_client_message(text: str | bytes) -> Any:
     """Decode one JSON text frame from a client, or raise a typed LatentBridgeError."""
     data = loads_json(text)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise LatentBridgeError("message must be a JSON object with a string `type`", field="type", code=ErrorCode.bad_message)
-    if data["type"] not in {"hello", "submit", "cancel", "attach", "ping"}:
+    if data["type"] not in CLIENT_MESSAGE_TYPES:
         raise LatentBridgeError(f"unknown message type {data['type']!r}", field="type", code=ErrorCode.bad_message)
     try:
         return _client_message_adapter.validate_python(data)
@@ -750,6 +811,44 @@ class PreviewEvent(BaseModel):
     data: str = Field(..., description="The image bytes, base64")
 
 
+class LiveStartedEvent(BaseModel):
+    """A live session runs: `request` is what every frame renders (the preset applied, the seed
+    chosen), `decoder` the autoencoder in use (vae when no TAESD fits the model)."""
+
+    type: Literal["live_started"] = "live_started"
+    job_id: str
+    client_ref: str | None = None
+    revision: int = Field(0, description="Bumped by every live_update; result frames name the one they used")
+    request: GenerationRequest
+    live: LiveOptions
+    decoder: Literal["taesd", "vae"]
+
+
+class LiveUpdatedEvent(BaseModel):
+    type: Literal["live_updated"] = "live_updated"
+    job_id: str
+    revision: int
+    request: GenerationRequest
+    live: LiveOptions
+    decoder: Literal["taesd", "vae"]
+
+
+class LiveCounts(BaseModel):
+    received: int = Field(0, description="Frames the session was sent")
+    rendered: int = Field(0, description="Frames rendered (result frames sent), re-renders after live_update included")
+    dropped: int = Field(0, description="Frames replaced by a newer one before they were rendered (stale)")
+    stale_rendered: int = Field(0, description="Frames rendered although a newer one had arrived: always 0")
+    failed: int = Field(0, description="Frames that failed (each with an error event)")
+
+
+class LiveStoppedEvent(BaseModel):
+    type: Literal["live_stopped"] = "live_stopped"
+    job_id: str
+    reason: Literal["stopped", "disconnected", "failed", "shutdown"]
+    frames: LiveCounts
+    message: str | None = None
+
+
 ServerEvent = Annotated[
     Union[
         HelloEvent,
@@ -764,6 +863,9 @@ ServerEvent = Annotated[
         PongEvent,
         PreviewEvent,
         ModelEvent,
+        LiveStartedEvent,
+        LiveUpdatedEvent,
+        LiveStoppedEvent,
     ],
     Field(discriminator="type"),
 ]
@@ -777,21 +879,51 @@ def parse_server_event(text: str | bytes) -> BaseModel:
 # --------------------------------------------------------------------------------------------
 # Binary frames: u32 big-endian header length, UTF-8 JSON header, then the payload bytes.
 
-BinaryKind = Literal["upload", "preview", "result"]
+BinaryKind = Literal["upload", "preview", "result", "live_frame", "live_result"]
 ImageFormat = Literal["png", "jpeg", "webp"]
 MAX_BINARY_HEADER = 4096
+# Kinds whose payload may be raw `rgb` pixels (with width and height in the header).
+RAW_KINDS = ("preview", "live_frame", "live_result")
+# The images one live frame may carry: the frame itself and the control units' maps.
+LIVE_ROLE_PATTERN = rf"^(init|control\.[0-{MAX_CONTROLS - 1}])$"
+
+
+class LivePart(StrictNumbers):
+    """One image of a `live_frame`: its role and its length in the payload (parts follow each other)."""
+
+    role: str = Field(..., pattern=LIVE_ROLE_PATTERN, max_length=16, description="init (the frame) or control.<i>")
+    bytes: int = Field(..., ge=1, description="Length of this image in the payload")
+
+
+class LiveTimings(StrictNumbers):
+    """Where a live frame's time went on the server, in milliseconds (None: the stage did not run)."""
+
+    wait: float | None = Field(None, description="From arrival to the start of its render (queue, other work)")
+    decode: float | None = Field(None, description="Decoding the frame's images")
+    setup: float | None = Field(None, description="Loading, LoRAs, pipeline and prompt (once per settings)")
+    denoise: float | None = Field(None, description="Encoding the frame and the denoising steps")
+    vae: float | None = Field(None, description="Decoding the latents (TAESD or the VAE)")
+    encode: float | None = Field(None, description="Encoding the result frame")
 
 
 class BinaryHeader(StrictNumbers):
     kind: BinaryKind
-    format: PreviewFormat = Field(..., description="png, jpeg or webp; `rgb` (raw pixels) on preview frames only")
-    job_id: str | None = Field(None, max_length=100, description="Set on preview/result frames")
+    format: PreviewFormat = Field(..., description="png, jpeg or webp; `rgb` (raw pixels) on preview, live_frame and "
+                                  "live_result frames, with width and height")
+    job_id: str | None = Field(None, max_length=100, description="Set on preview/result frames and on live frames "
+                               "(the live session)")
     upload_id: str | None = Field(None, max_length=100, description="Set on upload frames; named in `submit.images`")
     index: int = Field(0, ge=0, le=1024)
     step: Annotated[int, Field(ge=0)] | None = Field(None, description="Preview frames: the step it shows")
     total: Annotated[int, Field(ge=0)] | None = None
     width: Annotated[int, Field(ge=1)] | None = None
     height: Annotated[int, Field(ge=1)] | None = None
+    frame: Annotated[int, Field(ge=0, le=2**53)] | None = Field(None, description="Live frames: the client's frame "
+                                                                 "number (increasing); live results name the frame")
+    revision: Annotated[int, Field(ge=0)] | None = Field(None, description="Live results: the settings revision used")
+    parts: list[LivePart] | None = Field(None, min_length=1, max_length=1 + MAX_CONTROLS,
+                                         description="live_frame: the images in the payload, in order")
+    timings: LiveTimings | None = Field(None, description="Live results: milliseconds spent per stage on the server")
 
     @model_validator(mode="after")
     def _ids(self) -> "BinaryHeader":
@@ -799,9 +931,36 @@ class BinaryHeader(StrictNumbers):
             raise ValueError("upload frames need `upload_id`")
         if self.kind != "upload" and not self.job_id:
             raise ValueError(f"{self.kind} frames need `job_id`")
-        if self.format == "rgb" and (self.kind != "preview" or not self.width or not self.height):
-            raise ValueError("raw `rgb` payloads are for preview frames only, with width and height")
+        if self.format == "rgb" and (self.kind not in RAW_KINDS or not self.width or not self.height):
+            raise ValueError("raw `rgb` payloads are for preview, live_frame and live_result frames only, with width "
+                             "and height")
+        if self.kind.startswith("live_") and self.frame is None:
+            raise ValueError(f"{self.kind} frames need `frame`")
+        if (self.kind == "live_frame") != (self.parts is not None):
+            raise ValueError("`parts` is required on live_frame frames and only there")
+        if self.parts is not None:
+            roles = [part.role for part in self.parts]
+            if "init" not in roles and not any(role.startswith("control.") for role in roles):
+                raise ValueError("a live frame needs an `init` or a `control.<i>` part")
+            if len(set(roles)) != len(roles):
+                raise ValueError("each role appears once in `parts`")
+            if self.format == "rgb" and any(part.bytes != self.width * self.height * 3 for part in self.parts):
+                raise ValueError("raw `rgb` parts are width * height * 3 bytes each")
         return self
+
+
+def split_live_parts(header: BinaryHeader, payload: bytes) -> dict[str, bytes]:
+    """A live frame's payload cut into its parts (role → bytes), or `bad_message` saying why."""
+    assert header.parts is not None
+    if sum(part.bytes for part in header.parts) != len(payload):
+        raise LatentBridgeError(f"live frame payload is {len(payload)} bytes, its parts add up to "
+                                f"{sum(part.bytes for part in header.parts)}", field="header.parts",
+                                code=ErrorCode.bad_message)
+    out, offset = {}, 0
+    for part in header.parts:
+        out[part.role] = payload[offset:offset + part.bytes]
+        offset += part.bytes
+    return out
 
 
 def encode_binary_frame(header: BinaryHeader, payload: bytes) -> bytes:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .protocol import DEFAULT_PORT, MAX_BATCH, MAX_SIDE, MAX_STEPS
 
@@ -33,7 +33,11 @@ class Settings(BaseModel):
     vae_slicing: bool = False
     vae_tiling: Literal["auto", "on", "off"] = Field("auto", description="auto: tile when larger than native size")
     cpu_offload: bool = Field(False, description="Model CPU offload for small GPUs")
-    taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) id or folder for better previews")
+    taesd: str | None = Field(None, description="TAESD (AutoencoderTiny) hub id or folder for SD1/SD2 (and SD3/Flux "
+                              "ones: taesd3, taef1): better previews, and the fast decoder of live frames; "
+                              "`tiny-taesd` is a random one built in code (tests)")
+    taesdxl: str | None = Field(None, description="TAESDXL (AutoencoderTiny for SDXL latents) hub id or folder, e.g. "
+                                "madebyollin/taesdxl: previews and live frames of SDXL models")
     offline: bool = Field(False, description="Never reach a model hub")
     controlnet_dirs: list[Path] = Field(default_factory=list, description="Folders ControlNet and IP-Adapter names "
                                         "resolve in (diffusers folders or .safetensors files)")
@@ -56,6 +60,30 @@ class Settings(BaseModel):
     embedding_dirs: list[Path] = Field(default_factory=list,
                                        description="Folders of textual-inversion embeddings (used in prompts by file name)")
     vae_dirs: list[Path] = Field(default_factory=list, description="Folders of VAEs a request may pick")
+
+    # --- speed (docs/engine.md, "Speed options"; bench/gpu.sh measures each before it becomes a default) ---
+    attention: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernels: sdpa (torch's fused "
+                                                "scaled_dot_product_attention) or eager (plain matmul + softmax)")
+    channels_last: bool = Field(False, description="UNet and VAE in channels_last memory format (CUDA; skipped on CPU)")
+    fused_qkv: bool = Field(False, description="Fuse the attention q/k/v projections into one matmul (undone while "
+                            "a request's LoRAs are applied, which target the separate projections)")
+    compile: Literal["off", "default", "max-autotune"] = Field("off", description="torch.compile the denoiser "
+                                                                 "(CUDA; skipped on CPU), warmed up at load for "
+                                                                 "--compile-sizes; other sizes run uncompiled")
+    compile_sizes: list[str] = Field(default_factory=list, description="WIDTHxHEIGHT sizes compiled and warmed up at "
+                                     "load (default: the model's native square size); live sessions add theirs")
+    cuda_graphs: bool = Field(False, description="CUDA graphs for the compiled sizes (torch.compile's reduce-overhead "
+                              "mode): fixed shapes such as live frames replay without launch overhead (CUDA only)")
+    step_cache: Literal["off", "on"] = Field("off", description="Reuse the deep layers' output between steps (opt-in "
+                                             "trade of quality for speed): DeepCache-style for UNet models, diffusers' "
+                                             "first-block cache for SD3/Flux")
+    step_cache_interval: int = Field(3, ge=2, le=10, description="UNet step cache: one full step every N steps")
+    step_cache_threshold: float = Field(0.08, gt=0.0, le=1.0, description="SD3/Flux first-block cache: reuse while "
+                                        "the first block's output changes less than this (relative)")
+
+    # --- live mode (docs/live.md) ---
+    live_sessions: int = Field(8, ge=0, le=64, description="Live sessions open at once on this server (0: live off)")
+    live_sessions_per_client: int = Field(2, ge=1, le=16, description="Live sessions one connection may hold")
 
     # --- server ---
     host: str = "127.0.0.1"
@@ -122,13 +150,31 @@ class Settings(BaseModel):
                              f"({self.ray_min_replicas})")
         return self
 
+    @field_validator("compile_sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            parse_size(size)
+        return sizes
+
     def engine_view(self) -> dict[str, Any]:
         return self.model_dump(include={"model", "device", "dtype"})
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """`512x768` → (512, 768); ValueError unless both sides are multiples of 8 within 64..MAX_SIDE."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT (e.g. 512x512)")
+    width, height = (int(p) for p in parts)
+    if not all(64 <= v <= MAX_SIDE and v % 8 == 0 for v in (width, height)):
+        raise ValueError(f"{text!r}: each side must be a multiple of 8 in 64..{MAX_SIDE}")
+    return width, height
+
+
 # Fields settable from the environment / command line, with their flag names.
 _LIST_FIELDS = {"model_dirs", "lora_dirs", "controlnet_dirs", "controlnet_models", "upscaler_dirs", "embedding_dirs",
-                "vae_dirs", "allowed_origins", "allowed_hosts"}
+                "vae_dirs", "allowed_origins", "allowed_hosts", "compile_sizes"}
 
 
 def _coerce(name: str, raw: str) -> Any:

@@ -40,11 +40,16 @@ def test_binary_frame_decodes_and_reencodes_byte_for_byte(name):
     frame = (VECTORS / "binary" / name).read_bytes()
     header, payload = wire.decode_binary(frame)
     assert header == _load("binary", name.replace(".bin", ".header.json"))
+    whole = payload
+    if header["kind"] == "live_frame":
+        parts = wire.live_parts(header, payload)
+        assert list(parts) == [p["role"] for p in header["parts"]]
+        payload = parts["init"]
     if header["format"] == "rgb":  # raw rows, top first
         assert len(payload) == header["width"] * header["height"] * 3
     else:
         assert payload[:2] in (b"\x89P", b"\xff\xd8")  # PNG or JPEG bytes, untouched
-    assert wire.encode_binary(header, payload) == frame
+    assert wire.encode_binary(header, whole) == frame
 
 
 def test_raw_preview_becomes_blender_pixels():
@@ -84,6 +89,9 @@ def test_upload_frames_match_the_vectors():
         ("ping.json", lambda v: wire.ping_message()),
         ("submit_txt2img.json", lambda v: wire.submit_message(v["request"], v.get("images"), v.get("client_ref"), v.get("priority"))),
         ("submit_inpaint.json", lambda v: wire.submit_message(v["request"], v.get("images"), v.get("client_ref"), v.get("priority"))),
+        ("live_start.json", lambda v: wire.live_start_message(v["request"], v.get("live"), v.get("client_ref"))),
+        ("live_update.json", lambda v: wire.live_update_message(v["job_id"], v.get("request"), v.get("live"))),
+        ("live_stop.json", lambda v: wire.live_stop_message(v["job_id"])),
     ],
 )
 def test_client_messages_match_the_vectors(name, build):
@@ -131,3 +139,12 @@ def test_encode_refuses_headers_the_server_would_refuse():
 def test_server_urls(given, ws, http):
     assert wire.ws_url(given) == ws
     assert wire.http_url(given) == http
+
+
+def test_live_frames_match_the_vectors():
+    for name in ("live_frame", "live_frame_rgb"):
+        expected = (VECTORS / "binary" / f"{name}.bin").read_bytes()
+        header, payload = wire.decode_binary(expected)
+        built = wire.live_frame(header["job_id"], header["frame"], wire.live_parts(header, payload), header["format"],
+                                header.get("width"), header.get("height"))
+        assert built == expected

@@ -17,6 +17,7 @@ from latentbridge.protocol import (
     encode_binary_frame,
     parse_client_message,
     parse_server_event,
+    split_live_parts,
 )
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -31,7 +32,7 @@ def test_every_kind_of_vector_exists():
     assert {"hello.json", "submit_txt2img.json", "submit_inpaint.json", "cancel.json", "attach.json"} <= set(_names("client", "*.json"))
     server_types = {json.loads((VECTORS / "server" / n).read_text())["type"] for n in _names("server", "*.json")}
     assert server_types == {"hello", "accepted", "started", "progress", "result", "done", "cancelled", "error",
-                            "status", "pong", "preview", "model"}
+                            "status", "pong", "preview", "model", "live_started", "live_updated", "live_stopped"}
     assert {"upload_init.bin", "upload_mask.bin", "preview.bin", "result.bin"} <= set(_names("binary", "*.bin"))
     invalid_files = set(_names("invalid", "*")) - {"index.json"}
     assert invalid_files == set(INVALID_INDEX)
@@ -61,6 +62,10 @@ def test_binary_vector_round_trip(name):
     header, payload = decode_binary_frame(frame)
     assert header.model_dump(mode="json", exclude_none=True) == expected_header
     assert encode_binary_frame(BinaryHeader.model_validate(expected_header), payload) == frame
+    if header.kind == "live_frame":  # its parts, one after the other: each a whole image
+        parts = split_live_parts(header, payload)
+        assert list(parts) == [part.role for part in header.parts]
+        payload = parts["init"]
     if header.format == "rgb":  # raw rows, top first
         assert len(payload) == header.width * header.height * 3
         image = images.preview_image(payload, "rgb", (header.width, header.height))
@@ -92,3 +97,12 @@ def test_invalid_vector_gives_its_error(name):
     assert info.value.code.value == expected["code"]
     if "field" in expected:
         assert info.value.field == expected["field"]
+
+
+def test_live_frame_parts_must_add_up_to_the_payload():
+    header, payload = decode_binary_frame((VECTORS / "binary" / "live_frame.bin").read_bytes())
+    parts = split_live_parts(header, payload)
+    assert parts["control.0"][:4] == b"\x89PNG"
+    with pytest.raises(LatentBridgeError) as info:
+        split_live_parts(header, payload[:-1])
+    assert (info.value.code.value, info.value.field) == ("bad_message", "header.parts")

@@ -47,12 +47,31 @@ from latentbridge.protocol import (
     StartedEvent,
     StatusEvent,
     JobState,
+    LiveCounts,
+    LiveOptions,
+    LivePreset,
+    LiveStartedEvent,
+    LiveStartMessage,
+    LiveStopMessage,
+    LiveStoppedEvent,
+    LiveUpdatedEvent,
+    LiveUpdateMessage,
+    Schedule,
     SubmitMessage,
     encode_binary_frame,
 )
 
 HERE = Path(__file__).resolve().parent
 JOB_ID = "3f2a9c1e7b6d4e5f8a9b0c1d2e3f4a5b"
+LIVE_ID = "live-7c1e3f2a9b6d4e5f8a9b0c1d"
+
+
+def live_request(**fields) -> GenerationRequest:
+    """The request of the live vectors: img2img of each frame with a depth unit."""
+    values = dict(mode=Mode.img2img, prompt="weathered bronze", seed=42, width=64, height=64, strength=0.5,
+                  controls=[ControlUnit(type=ControlType.depth, weight=0.8)])
+    values.update(fields)
+    return GenerationRequest(**values)
 
 
 def tiny_rgb_png() -> bytes:
@@ -112,6 +131,12 @@ def client_vectors() -> dict[str, str]:
         "cancel.json": _json(CancelMessage(job_id=JOB_ID), exclude_unset=True),
         "attach.json": _json(AttachMessage(job_id=JOB_ID), exclude_unset=True),
         "ping.json": _json(PingMessage(), exclude_unset=False),
+        "live_start.json": _json(LiveStartMessage(client_ref="live-1", request=live_request(),
+                                                  live=LiveOptions(preset=LivePreset.turbo, format="rgb")),
+                                 exclude_unset=True),
+        "live_update.json": _json(LiveUpdateMessage(job_id=LIVE_ID, request=live_request(prompt="polished marble")),
+                                  exclude_unset=True),
+        "live_stop.json": _json(LiveStopMessage(job_id=LIVE_ID), exclude_unset=True),
     }
 
 
@@ -152,7 +177,22 @@ def server_vectors(preview_jpeg: bytes) -> dict[str, str]:
             name="stabilityai/stable-diffusion-xl-base-1.0", state=ModelState.downloading, progress=0.42))),
         "preview_sse.json": _json(PreviewEvent(job_id=JOB_ID, step=2, total=4, width=32, height=32,
                                                data=base64.b64encode(preview_jpeg).decode("ascii"))),
+        "live_started.json": _json(LiveStartedEvent(
+            job_id=LIVE_ID, client_ref="live-1", revision=0, decoder="taesd",
+            request=live_request(sampler=Sampler.euler, schedule=Schedule.trailing, guidance=0.0, steps=2),
+            live=LiveOptions(preset=LivePreset.turbo, format="rgb"))),
+        "live_updated.json": _json(LiveUpdatedEvent(
+            job_id=LIVE_ID, revision=1, decoder="taesd",
+            request=live_request(prompt="polished marble", sampler=Sampler.euler, schedule=Schedule.trailing,
+                                 guidance=0.0, steps=2),
+            live=LiveOptions(preset=LivePreset.turbo, format="rgb"))),
+        "live_stopped.json": _json(LiveStoppedEvent(job_id=LIVE_ID, reason="stopped", frames=LiveCounts(
+            received=120, rendered=41, dropped=79, stale_rendered=0, failed=0))),
     }
+
+
+# Raw RGB rows, top first: a 4x2 image whose top row is red, green, blue, white.
+RGB_4X2 = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255] + [0, 0, 0] * 4)
 
 
 def binary_vectors(init_png: bytes, mask_png: bytes, preview_jpeg: bytes, result_png: bytes) -> dict[str, tuple[BinaryHeader, bytes]]:
@@ -165,6 +205,15 @@ def binary_vectors(init_png: bytes, mask_png: bytes, preview_jpeg: bytes, result
         # Raw RGB rows, top first: a 4x2 preview whose top row is red, green, blue, white.
         "preview_rgb": (BinaryHeader(kind="preview", format="rgb", job_id=JOB_ID, step=3, total=4, width=4, height=2),
                         bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255] + [0, 0, 0] * 4)),
+        # A live frame: the viewport capture (init) and its depth map (control.0), one after the other.
+        "live_frame": (BinaryHeader(kind="live_frame", format="png", job_id=LIVE_ID, frame=17,
+                                    parts=[{"role": "init", "bytes": len(init_png)},
+                                           {"role": "control.0", "bytes": len(mask_png)}]), init_png + mask_png),
+        "live_frame_rgb": (BinaryHeader(kind="live_frame", format="rgb", job_id=LIVE_ID, frame=18, width=4, height=2,
+                                        parts=[{"role": "init", "bytes": 24}]), RGB_4X2),
+        "live_result": (BinaryHeader(kind="live_result", format="rgb", job_id=LIVE_ID, frame=18, revision=1, width=4,
+                                     height=2, timings={"wait": 1.5, "decode": 0.1, "setup": 0.05, "denoise": 12.25,
+                                                        "vae": 2.5, "encode": 0.02}), RGB_4X2),
     }
 
 
@@ -200,6 +249,15 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
         "binary_upload_without_id.bin": _frame(b'{"kind":"upload","format":"png"}', png),
         "binary_unknown_field.bin": _frame(b'{"kind":"upload","format":"png","upload_id":"u1","extra":1}', png),
         "binary_rgb_upload.bin": _frame(b'{"kind":"upload","format":"rgb","upload_id":"u1","width":1,"height":1}', b"\0\0\0"),
+        "live_frame_without_parts.bin": _frame(b'{"kind":"live_frame","format":"png","job_id":"l1","frame":1}', png),
+        "live_frame_without_number.bin": _frame(
+            b'{"kind":"live_frame","format":"png","job_id":"l1","parts":[{"role":"init","bytes":3}]}', b"abc"),
+        "live_frame_bad_role.bin": _frame(
+            b'{"kind":"live_frame","format":"png","job_id":"l1","frame":1,"parts":[{"role":"mask","bytes":3}]}', b"abc"),
+        "live_frame_rgb_wrong_size.bin": _frame(b'{"kind":"live_frame","format":"rgb","job_id":"l1","frame":1,'
+                                                b'"width":2,"height":2,"parts":[{"role":"init","bytes":3}]}', b"abc"),
+        "live_start_bad_preset.json": b'{"type": "live_start", "request": {}, "live": {"preset": "warp"}}',
+        "live_stop_no_job.json": b'{"type": "live_stop"}',
     }
     bad_message = {"code": "bad_message"}
     index = {name: dict(bad_message) for name in files}
@@ -216,6 +274,12 @@ def invalid_vectors(png: bytes) -> tuple[dict[str, bytes], dict[str, dict]]:
     index["binary_upload_without_id.bin"] = {"code": "bad_message", "field": "header"}
     index["binary_unknown_field.bin"] = {"code": "bad_message", "field": "header.extra"}
     index["binary_rgb_upload.bin"] = {"code": "bad_message", "field": "header"}
+    index["live_frame_without_parts.bin"] = {"code": "bad_message", "field": "header"}
+    index["live_frame_without_number.bin"] = {"code": "bad_message", "field": "header"}
+    index["live_frame_bad_role.bin"] = {"code": "bad_message", "field": "header.parts.0.role"}
+    index["live_frame_rgb_wrong_size.bin"] = {"code": "bad_message", "field": "header"}
+    index["live_start_bad_preset.json"] = {"code": "invalid_request", "field": "live.preset"}
+    index["live_stop_no_job.json"] = {"code": "invalid_request", "field": "job_id"}
     return files, index
 
 

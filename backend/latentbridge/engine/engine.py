@@ -6,6 +6,7 @@ read from any thread. See docs/architecture.md for the contract.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -19,6 +20,7 @@ from PIL import Image
 from ..protocol import (
     MAX_SEED,
     ControlType,
+    LiveOptions,
     ErrorCode,
     GenerationRequest,
     InvalidRequest,
@@ -36,9 +38,12 @@ from ..protocol import (
 from .. import images as images_module
 from ..protocol import LATENT_UPSCALERS
 from ..settings import Settings
-from . import control, embeddings, models, preprocess, reference, samplers, tiny_control, upscale, vae
+from . import control, embeddings, fewstep, models, preprocess, reference, samplers, tiny_control, upscale, vae
+from .accel import Accel
+from .taesd import TaesdCache
 from .estimators import EstimatorCache
 from .generate import GenerationResult, StepUpdate, _Run, run_mode
+from .live import LiveFrame, LiveRenderer
 from .lora import applied_loras
 from .preview import LatentPreviewer
 from .seamless import set_seamless
@@ -58,7 +63,9 @@ class Engine:
         self.settings = settings
         self.local = local
         self._model: models.LoadedModel | None = None
-        self._taesd = None
+        self.accel: Accel | None = None  # the speed options in force on the loaded model
+        self._taesds = TaesdCache(settings)
+        self._live = LiveRenderer(self)
         self._controlnets = control.ControlNetCache(settings, local=local)
         self._references = reference.AdapterCache(settings, local=local)
         self._estimators = EstimatorCache(settings)
@@ -166,7 +173,10 @@ class Engine:
             raise error from None
         self._model = loaded
         current = None  # dropped: its memory goes back
+        self._taesds.clear()
         _free_memory()
+        self.accel = Accel(loaded, self.settings).apply()
+        self.accel.warm_up(self._warm_generate)
         self._set_status(
             name=name,
             family=loaded.family,
@@ -179,6 +189,11 @@ class Engine:
         )
         log.info("model %s ready (%s, %s, %s)", name, loaded.family, loaded.device, loaded.dtype)
         return self.status
+
+    def _warm_generate(self, width: int, height: int, guidance: float) -> None:
+        """One short generation at a size (torch.compile's warm-up at load)."""
+        self.generate(GenerationRequest(prompt="", width=width, height=height, steps=2, guidance=guidance, seed=0,
+                                        sampler=Sampler.euler, preview={"decoder": "none"}))
 
     @staticmethod
     def _unexpected_load_failure(name: str, exc: Exception) -> LatentBridgeError:
@@ -222,6 +237,8 @@ class Engine:
         self._check_supported(model, request)
         control_run = self._control_run(model, request, inputs)
         reference_run = reference.resolve(self._references, model, request, inputs)
+        self._live.evict()  # a live session's LoRAs must not colour a job
+        accel = self.accel or Accel(model, self.settings)
 
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
@@ -238,6 +255,7 @@ class Engine:
         try:
             # The VAE override goes in first: the seamless patch and the previews then use it.
             with self._vaes.applied(model, request.vae), embeddings.applied_embeddings(model.base, prompts, self.settings), \
+                    accel.lora_ready(bool(request.loras)), \
                     applied_loras(model.base, request.loras, self.settings, local=self.local), \
                     self._seamless(model, request.seamless, control_run):
                 previewer = self._previewer(model, request) if on_step is not None else None
@@ -254,7 +272,7 @@ class Engine:
                         reference=reference_run,
                         upscale=functools.partial(self._upscale_for_run, model, request.seamless, cancel),
                     )
-                    with torch.inference_mode():
+                    with torch.inference_mode(), accel.generation():
                         images += run_mode(run, init_image, mask)
         except torch.OutOfMemoryError:
             _free_memory()
@@ -397,32 +415,62 @@ class Engine:
             return None
         taesd = None
         if decoder == "taesd":
-            taesd = self._load_taesd(model)
+            taesd = self.taesd_for(model)
             if taesd is None:
-                log.warning("preview decoder 'taesd' requested but no TAESD is configured: using latent2rgb")
+                log.warning("preview decoder 'taesd' requested but no TAESD fits %s models: using latent2rgb",
+                            model.family)
                 decoder = "latent2rgb"
-            elif taesd.config.latent_channels != model.base.vae.config.latent_channels:
-                # e.g. SD1's TAESD (4 channels) configured while an SD3/Flux model (16) is loaded
-                log.warning("the configured TAESD does not fit %s latents: using latent2rgb", model.family)
-                taesd, decoder = None, "latent2rgb"
         width = request.width + request.outpaint.left + request.outpaint.right
         height = request.height + request.outpaint.top + request.outpaint.bottom
         return LatentPreviewer(model.family, decoder, taesd=taesd, vae=model.base.vae, image_size=(width, height))
 
-    def _load_taesd(self, model: models.LoadedModel):
-        if not self.settings.taesd:
-            return None
-        if self._taesd is None:
-            from diffusers import AutoencoderTiny
+    def taesd_for(self, model: models.LoadedModel):
+        """The TAESD (AutoencoderTiny) that fits the loaded model, or None (engine/taesd.py)."""
+        return self._taesds.get(model)
 
-            try:
-                self._taesd = AutoencoderTiny.from_pretrained(
-                    self.settings.taesd, dtype=model.dtype, local_files_only=self.settings.offline
-                ).to(model.device)
-            except (OSError, ValueError) as exc:
-                log.warning("could not load TAESD %s: %s", self.settings.taesd, exc)
-                return None
-        return self._taesd
+    # ---------------------------------------------------------------- live sessions (engine/live.py)
+
+    def live_request(self, request: GenerationRequest, options: LiveOptions) -> GenerationRequest:
+        """The request a live session's frames render (preset applied, seed chosen). Pure: the server
+        calls it on its event loop. Raises typed errors naming the field."""
+        family = self.status.family or "sd1"
+        if request.seed is None:
+            request = request.with_seed(secrets.randbelow(MAX_SEED + 1))
+        return fewstep.live_request(request, options, family, self.settings.max_steps)
+
+    def live_decoder(self, options: LiveOptions) -> str:
+        return self._live.decoder_for(options)
+
+    def live_warm(self, session: str, revision: int, request: GenerationRequest, options: LiveOptions,
+                  cancel: threading.Event | None = None) -> None:
+        """Get a session ready before its first frame (worker thread): pipeline, LoRAs, prompt, and
+        the compiled denoiser for its size when torch.compile is on."""
+        warming = self.accel.compiled.warming() if self.accel is not None and self.accel.compiled else contextlib.nullcontext()
+        with warming:
+            self._live.warm_up(session, revision, request, options, cancel)
+
+    def live_frame(self, session: str, revision: int, request: GenerationRequest, options: LiveOptions,
+                   images: dict[str, Image.Image], cancel: threading.Event | None = None) -> LiveFrame:
+        """Render one live frame (worker thread): `images` holds `init` and/or `control.<i>`."""
+        try:
+            return self._live.render(session, revision, request, options, images, cancel)
+        except torch.OutOfMemoryError:
+            _free_memory()
+            raise OutOfMemory(_oom_message(request)) from None
+
+    def live_end(self, session: str) -> None:
+        self._live.end(session)
+
+    # ---------------------------------------------------------------- shared with engine/live.py
+
+    def check_supported(self, model: models.LoadedModel, request: GenerationRequest) -> None:
+        self._check_supported(model, request)
+
+    def control_run(self, model: models.LoadedModel, request: GenerationRequest, inputs: dict[str, Image.Image]):
+        return self._control_run(model, request, inputs)
+
+    def vae_override(self, model: models.LoadedModel, name: str | None):
+        return self._vaes.applied(model, name)
 
 
 def _batch_progress(on_step, index: int, count: int):

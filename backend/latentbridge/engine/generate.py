@@ -74,6 +74,10 @@ class _Run:
     # Upscales an image by name to (width, height) (engine/upscale.py): the hires pass needs it.
     upscale: Callable[..., Image.Image] | None = None
     steps_done: int = 0  # steps of the passes already run (the hires fix runs two)
+    # Live frames (engine/live.py): a pipeline of their own (TAESD as its VAE) and the prompt
+    # already encoded (`prompt_embeds=...` keyword arguments), so a frame skips the text encoders.
+    pipe: object | None = None
+    prompt_embeds: dict | None = None
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -223,7 +227,7 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
     step = step or first_pass(request)
     if "strength" in mode_kwargs:
         mode_kwargs["strength"] = at_least_one_step(model.family, step.steps, mode_kwargs["strength"])
-    pipe = model.pipe(kind) if run.control is None else model.control_pipe(kind, run.control.controlnet())
+    pipe = run.pipe or (model.pipe(kind) if run.control is None else model.control_pipe(kind, run.control.controlnet()))
     multiple = _size_multiple(pipe)
     work_w, work_h = _round_up(width, multiple), _round_up(height, multiple)
     generators = _generators(run.seeds)
@@ -268,11 +272,15 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
         kwargs["negative_prompt"] = step.negative_prompt or None
     if request.clip_skip > 1:  # diffusers counts the layers skipped: 1 = the penultimate layer
         kwargs["clip_skip"] = request.clip_skip - 1
+    if run.prompt_embeds is not None:  # encoded once (clip_skip included) for the whole live session
+        for name in ("prompt", "negative_prompt", "clip_skip"):
+            kwargs.pop(name, None)
+        kwargs.update(run.prompt_embeds)
     kwargs.update(mode_kwargs)
     if run.control is not None:
         kwargs.update(run.control.pipeline_kwargs(kind, work_w, work_h))
     run.check_cancel()
-    with _text_model_alias(pipe if request.clip_skip > 1 else None), \
+    with text_model_alias(pipe if request.clip_skip > 1 and run.prompt_embeds is None else None), \
             run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext(), \
             applied_reference(run.reference, pipe) as reference_kwargs:
         latents = pipe(output_type="latent", **kwargs, **reference_kwargs).images
@@ -281,7 +289,7 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
 
 
 @contextmanager
-def _text_model_alias(pipe):
+def text_model_alias(pipe):
     """diffusers' clip_skip reads `text_encoder.text_model.final_layer_norm`; transformers 5's
     CLIPTextModel is flat (that norm sits on the model itself): alias it for the call."""
     encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
@@ -295,10 +303,11 @@ def _text_model_alias(pipe):
         object.__delattr__(encoder, "text_model")
 
 
-def decode(run: _Run, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
-    """(B, C, h, w) latents → PIL images of width x height (tiled and seamless as the request says)."""
+def decode(run: _Run, latents: torch.Tensor, width: int, height: int, vae=None) -> list[Image.Image]:
+    """(B, C, h, w) latents → PIL images of width x height (tiled and seamless as the request says);
+    `vae`: another decoder than the model's own (a TAESD)."""
     model, request = run.model, run.request
-    vae = model.base.vae
+    vae = vae if vae is not None else model.base.vae
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if upcast:  # SDXL's VAE overflows in fp16: decode in fp32, as diffusers' pipelines do
         vae.to(torch.float32)

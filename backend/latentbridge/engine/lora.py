@@ -36,11 +36,9 @@ def resolve_lora(name: str, settings: Settings, *, local: bool) -> Path:
     raise LatentBridgeError(f"LoRA {name!r} not found ({where})", field="loras", code=ErrorCode.invalid_request)
 
 
-@contextmanager
-def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: bool):
-    if not loras:
-        yield
-        return
+def load_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: bool, prefix: str = "latentbridge") -> list[str]:
+    """Load each LoRA as a named adapter (`<prefix>_<i>`) and set the requested weights; returns
+    the adapter names. On failure the adapters loaded so far are removed again (`unload_loras`)."""
     adapters: list[str] = []
     try:
         for index, spec in enumerate(loras):
@@ -48,7 +46,7 @@ def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: boo
             if path.suffix.lower() not in SAFE_WEIGHTS + PICKLE_WEIGHTS:
                 raise LatentBridgeError(f"LoRA {path.name}: expected a .safetensors file", field="loras", code=ErrorCode.invalid_request)
             check_weights_file(path, settings.allow_pickle, what="LoRA")
-            adapter = f"latentbridge_{index}"
+            adapter = f"{prefix}_{index}"
             # Counted before loading: a load that fails half-way may have injected layers already.
             adapters.append(adapter)
             try:
@@ -60,8 +58,25 @@ def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: boo
                     code=ErrorCode.invalid_request,
                 ) from None
         pipe.set_adapters(adapters, adapter_weights=[spec.weight for spec in loras])
+    except BaseException:
+        if adapters:
+            unload_loras(pipe)
+        raise
+    return adapters
+
+
+def unload_loras(pipe) -> None:
+    """Remove every LoRA layer: the base modules are back as they were."""
+    pipe.unload_lora_weights()
+
+
+@contextmanager
+def applied_loras(pipe, loras: list[LoraSpec], settings: Settings, *, local: bool):
+    if not loras:
+        yield
+        return
+    load_loras(pipe, loras, settings, local=local)
+    try:
         yield
     finally:
-        if adapters:
-            # Removes the LoRA layers entirely: the base modules are back as they were.
-            pipe.unload_lora_weights()
+        unload_loras(pipe)

@@ -394,7 +394,8 @@ class LoadedModel:
                 "inpaint": AutoPipelineForInpainting,
             }[kind]
             try:
-                self.pipes[kind] = auto.from_pipe(self.base)
+                # dtype: from_pipe casts the (shared) modules to float32 unless told otherwise
+                self.pipes[kind] = auto.from_pipe(self.base, dtype=self.dtype)
             except ValueError as exc:
                 raise Unsupported(f"{self.family} model {self.name!r} has no {kind} pipeline in diffusers ({_first_line(exc)})") from None
             self.pipes[kind].set_progress_bar_config(disable=True)
@@ -416,7 +417,7 @@ class LoadedModel:
                                        "image2image": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
                                        "inpaint": "StableDiffusionXLControlNetUnionInpaintPipeline"}[kind])
         try:
-            pipe = auto.from_pipe(self.base, controlnet=controlnet)
+            pipe = auto.from_pipe(self.base, controlnet=controlnet, dtype=self.dtype)
         except ValueError as exc:
             raise Unsupported(f"{self.family} model {self.name!r} has no ControlNet {kind} pipeline in diffusers "
                               f"({_first_line(exc)})", field="controls") from None

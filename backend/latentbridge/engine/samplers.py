@@ -40,6 +40,9 @@ _SOLVERS: dict[Sampler, tuple[str, dict]] = {
     Sampler.pndm: ("PNDMScheduler", {"skip_prk_steps": True}),
     Sampler.unipc: ("UniPCMultistepScheduler", {}),
     Sampler.lcm: ("LCMScheduler", {}),
+    # Trajectory Consistency Distillation (TCD LoRAs; Hyper-SD's one-step LoRA): stochastic with the
+    # scheduler's default gamma (eta 0.3), drawn from the request's generators.
+    Sampler.tcd: ("TCDScheduler", {}),
 }
 
 # schedule → the scheduler config it sets (only on schedulers that have those options).

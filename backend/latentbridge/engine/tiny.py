@@ -339,3 +339,28 @@ def _build_flux():
 
 
 _FLOW_BUILDERS = {"tiny-sd3": _build_sd3, "tiny-flux": _build_flux}
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny TAESD (AutoencoderTiny) for tests: the real architecture, a few channels wide.
+
+TINY_TAESD = "tiny-taesd"
+
+
+def build_tiny_taesd(latent_channels: int = 4, shift_factor: float = 0.0, scaling_factor: float = 1.0):
+    """A random `AutoencoderTiny` (8x down/up-scaling, as TAESD) for latents of `latent_channels`;
+    SD3/Flux-style latents pass their `shift_factor` / `scaling_factor`, as TAESD3 / TAEF1 carry them."""
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED + latent_channels)
+        taesd = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=latent_channels,
+            shift_factor=shift_factor,
+            scaling_factor=scaling_factor,
+        )
+    return taesd.eval()

@@ -24,6 +24,7 @@ log = logging.getLogger("latentbridge.jobs")
 
 class LocalRunner:
     capacity = 1
+    supports_live = True  # live sessions run on the engine's own thread, between jobs
 
     def __init__(self, engine: Any, settings: Settings, store: ResultStore):
         self.engine = engine
@@ -56,6 +57,13 @@ class LocalRunner:
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._executor, fn)
+
+    def submit_exclusive(self, fn: Callable[[], Any]) -> None:
+        """Queue `fn` on the engine's thread without waiting for it (a live session's clean-up)."""
+        try:
+            self._executor.submit(fn)
+        except RuntimeError:  # the executor is shut down: the engine goes with it
+            pass
 
     async def run(self, job: Job, events: JobEvents) -> JobOutput:
         assert self._loop is not None

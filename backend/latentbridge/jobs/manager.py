@@ -21,6 +21,7 @@ import collections
 import itertools
 import logging
 import secrets
+import threading
 import time
 from typing import Any, Callable
 
@@ -44,6 +45,7 @@ from ..protocol import (
 from ..settings import Settings
 from ..store import ResultStore
 from .job import Job, check_limits, result_events
+from .live import LiveBoard, LiveSession
 from .local import LocalRunner
 from .running import JobEvents, JobOutput, Runner
 from .subscription import PreviewFrame, Subscription
@@ -75,6 +77,9 @@ class JobManager:
         self._worker: asyncio.Task | None = None
         self._accepting = False
         self._durations: collections.deque[float] = collections.deque(maxlen=20)
+        self.live = LiveBoard(engine, settings, wake=self._wake_worker, call=self._call, on_worker=self._on_worker,
+                              enabled=getattr(self.runner, "supports_live", False))
+        self._last_was_live = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +135,8 @@ class JobManager:
         """Stop accepting and stop the running jobs; queued and running jobs stay in the journal
         (unfinished), so a restart runs them again. Subscribers hear `interrupted`."""
         self._accepting = False
+        for session_id in list(self.live.sessions):
+            self.live.stop(session_id, "shutdown", "the server is shutting down")
         for job in list(self._running.values()):
             job.interrupted = True
             self._stop_job(job)
@@ -345,10 +352,15 @@ class JobManager:
         assert self._wake is not None
         await self.runner.ready()
         while True:
-            while not self._pending or len(self._running) >= self.runner.capacity:
+            while len(self._running) >= self.runner.capacity or (not self._pending and not self.live.ready()):
                 self._wake.clear()
                 await self._wake.wait()
-            job = self._ordered_pending()[0]
+            picked = self._pick()
+            if isinstance(picked, LiveSession):
+                await self._run_live(picked)
+                continue
+            job = picked
+            self._last_was_live = False
             self._pending.remove(job)
             self._served[job.owner] = next(self._served_seq)
             self._running[job.id] = job
@@ -366,6 +378,62 @@ class JobManager:
     def _stop_job(self, job: Job) -> None:
         job.cancel_event.set()
         self.runner.cancel(job)
+
+    def _pick(self) -> Job | LiveSession:
+        """The next work for the GPU. The fairness policy with live sessions (docs/live.md): a live
+        frame counts as an interactive-priority job of its client, one at a time, ordered with the
+        queued jobs by (priority, client served longest ago, arrival); and right after a live
+        frame, a waiting job goes first, so live frames and queued jobs take turns and a live
+        session never starves anyone's queue."""
+        jobs = self._ordered_pending()
+        lives = sorted(self.live.ready(), key=lambda s: (self._served.get(s.owner, 0),
+                                                         s.pending.seq if s.pending is not None else 0))
+        if not lives:
+            return jobs[0]
+        if not jobs:
+            return lives[0]
+        if self._last_was_live:
+            return jobs[0]
+        live, job = lives[0], jobs[0]
+        live_key = (PRIORITIES["interactive"], self._served.get(live.owner, 0), live.pending.seq if live.pending else 0)
+        job_key = (PRIORITIES[job.priority], self._served.get(job.owner, 0), job.seq)
+        return live if live_key <= job_key else job
+
+    async def _run_live(self, session: LiveSession) -> None:
+        """One turn of a live session on the worker thread: its warm-up or its newest frame."""
+        assert self._loop is not None
+        frame = session.take()
+        self._served[session.owner] = next(self._served_seq)
+        self._last_was_live = frame is not None
+        cancel = threading.Event()
+        session.cancel_event = cancel
+        timer = self._loop.call_later(self.settings.job_timeout_s, cancel.set)
+        try:
+            await asyncio.shield(self.runner.run_exclusive(lambda: self.live.execute(session, frame, cancel)))
+        except asyncio.CancelledError:
+            cancel.set()
+            await self.runner.drain()
+            raise
+        finally:
+            timer.cancel()
+            session.running, session.cancel_event = None, None
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the event loop (from the engine's thread)."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _wake_worker(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_worker(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` where the engine runs, after what runs there (live sessions' clean-up)."""
+        self.runner.submit_exclusive(fn)
 
     def _time_out(self, job: Job) -> None:
         if job.state is JobState.running:

@@ -26,12 +26,16 @@ class PreviewFrame:
 class Subscription:
     """Events of one job for one subscriber. Protocol events are queued in order (a job makes a
     bounded number of them: steps + results + 2); previews are latest-wins: one slot, a new preview
-    replaces an undelivered one, so a slow reader gets fewer previews and never a growing buffer."""
+    replaces an undelivered one, so a slow reader gets fewer previews and never a growing buffer.
+    A live session's subscription uses the same slot for its result frames (`final`: the events
+    that end it; a live session's per-frame errors do not)."""
 
-    def __init__(self, job_id: str, on_close: Callable[["Subscription"], None] | None = None):
+    def __init__(self, job_id: str, on_close: Callable[["Subscription"], None] | None = None,
+                 final: tuple[type, ...] = FINAL_EVENTS):
         self.job_id = job_id
+        self._final = final
         self._events: collections.deque[Any] = collections.deque()
-        self._preview: PreviewFrame | None = None
+        self._preview: Any = None  # a PreviewFrame (jobs) or a LiveResultFrame (live sessions)
         self._wake = asyncio.Event()
         self._finished = False  # a final event was queued
         self._closed = False
@@ -46,12 +50,12 @@ class Subscription:
         if self._closed or self._finished:
             return
         self._events.append(event)
-        if isinstance(event, FINAL_EVENTS):
+        if isinstance(event, self._final):
             self._finished = True
             self._preview = None
         self._wake.set()
 
-    def push_preview(self, frame: PreviewFrame) -> None:
+    def push_preview(self, frame: Any) -> None:
         if self._closed or self._finished:
             return
         if self._preview is not None:

@@ -30,6 +30,13 @@ from ..protocol import (
     GenerationRequest,
     HelloEvent,
     HelloMessage,
+    LiveStartedEvent,
+    LiveStartMessage,
+    LiveStopMessage,
+    LiveStoppedEvent,
+    LiveTimings,
+    LiveUpdatedEvent,
+    LiveUpdateMessage,
     ModelEvent,
     ModelStatus,
     PingMessage,
@@ -61,13 +68,17 @@ REF = "#/components/schemas/{model}"
 # The websocket's frames are in the components too: one document types every wire format (the
 # TypeScript SDK's types are generated from it, sdk/typescript).
 WEBSOCKET_MODELS: list[type[BaseModel]] = [HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage,
-                                           HelloEvent, Capabilities, ModelEvent, PongEvent, BinaryHeader]
+                                           HelloEvent, Capabilities, ModelEvent, PongEvent, BinaryHeader,
+                                           LiveStartMessage, LiveUpdateMessage, LiveStopMessage, LiveStartedEvent,
+                                           LiveUpdatedEvent, LiveStoppedEvent, LiveTimings]
 MODELS: list[type[BaseModel]] = [GenerationRequest, SubmitBody, LoadModelBody, AcceptedEvent, StartedEvent,
                                  ProgressEvent, ResultEvent, DoneEvent, CancelledEvent, ErrorEvent, StatusEvent,
                                  ModelStatus, PreviewEvent, *RESPONSE_MODELS, *WEBSOCKET_MODELS]
-CLIENT_MESSAGES = (HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage)
+CLIENT_MESSAGES = (HelloMessage, SubmitMessage, CancelMessage, AttachMessage, PingMessage, LiveStartMessage,
+                   LiveUpdateMessage, LiveStopMessage)
 SERVER_EVENTS = (HelloEvent, AcceptedEvent, StartedEvent, ProgressEvent, ResultEvent, DoneEvent, CancelledEvent,
-                 ErrorEvent, StatusEvent, PongEvent, PreviewEvent, ModelEvent)
+                 ErrorEvent, StatusEvent, PongEvent, PreviewEvent, ModelEvent, LiveStartedEvent, LiveUpdatedEvent,
+                 LiveStoppedEvent)
 JOB_EVENTS = (StatusEvent, StartedEvent, ProgressEvent, PreviewEvent, ResultEvent, DoneEvent, CancelledEvent,
               ErrorEvent)
 IMAGE_MODES = ["img2img", "inpaint", "outpaint"]

@@ -18,6 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel
 
 from ..jobs import PreviewFrame
+from ..jobs.live import LiveInput, LiveResultFrame
 from ..protocol import (
     PROTOCOL_VERSION,
     WS_PATH,
@@ -30,6 +31,12 @@ from ..protocol import (
     HelloEvent,
     HelloMessage,
     LatentBridgeError,
+    LiveStartedEvent,
+    LiveStartMessage,
+    LiveTimings,
+    LiveStopMessage,
+    LiveUpdatedEvent,
+    LiveUpdateMessage,
     ModelEvent,
     PingMessage,
     PongEvent,
@@ -38,10 +45,11 @@ from ..protocol import (
     decode_binary_frame,
     encode_binary_frame,
     parse_client_message,
+    split_live_parts,
 )
 from .app import AUTH_THROTTLE_KEY, ENGINE_KEY, JOBS_KEY, SERVER_NAME, SETTINGS_KEY, WEBSOCKETS_KEY, capabilities
 from .security import bearer, check_token
-from .submit import submit_job
+from .submit import resolve_remote_request, submit_job
 from .uploads import UPLOADS_KEY
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,7 @@ class Connection:
         self.greeted = False  # hello answered: model events may follow
         self.uploads = app[UPLOADS_KEY].pending(self.owner)
         self.forwarders: dict[str, asyncio.Task] = {}
+        self.live_sessions: set[str] = set()  # live sessions this connection started (they end with it)
         self._send_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ sending
@@ -98,6 +107,12 @@ class Connection:
             await self.on_attach(message)
         elif isinstance(message, PingMessage):
             await self.send_event(PongEvent())
+        elif isinstance(message, LiveStartMessage):
+            await self.on_live_start(message)
+        elif isinstance(message, LiveUpdateMessage):
+            await self.on_live_update(message)
+        elif isinstance(message, LiveStopMessage):
+            await self.on_live_stop(message.job_id)
 
     async def on_hello(self, message: HelloMessage) -> None:
         if message.protocol != PROTOCOL_VERSION:
@@ -116,8 +131,19 @@ class Connection:
         if not self.authenticated:
             raise LatentBridgeError("send `hello` with the token first", code=ErrorCode.unauthorized)
         header, payload = decode_binary_frame(frame)
+        if header.kind == "live_frame":
+            assert header.job_id is not None and header.frame is not None
+            try:
+                parts = split_live_parts(header, payload)
+                self.app[JOBS_KEY].live.frame(header.job_id, self.owner, LiveInput(header.frame, parts, header.format,
+                                                                                   header.width, header.height))
+            except LatentBridgeError as exc:  # the error names the session: its client frees its in-flight slot
+                log.info("websocket client %s: live frame refused: %s: %s", self.remote, exc.code.value,
+                         exc.message[:300])
+                await self.send_error(exc, header.job_id)
+            return
         if header.kind != "upload":
-            raise LatentBridgeError(f"clients may only send `upload` frames, not `{header.kind}`",
+            raise LatentBridgeError(f"clients may only send `upload` and `live_frame` frames, not `{header.kind}`",
                                     field="header.kind", code=ErrorCode.bad_message)
         if not payload:
             raise LatentBridgeError("upload frame has no image bytes", field="header", code=ErrorCode.bad_image)
@@ -143,6 +169,9 @@ class Connection:
 
     async def on_cancel(self, message: CancelMessage) -> None:
         jobs = self.app[JOBS_KEY]
+        if message.job_id in self.live_sessions:
+            await self.on_live_stop(message.job_id)  # cancelling a live session stops it
+            return
         if await jobs.cancel(message.job_id):
             return  # the job's stream reports `cancelled`
         status = jobs.status(message.job_id)
@@ -169,6 +198,33 @@ class Connection:
         await self.send_event(status)
         self.follow(message.job_id, subscription)
 
+    # ------------------------------------------------------------------ live sessions (docs/live.md)
+
+    async def on_live_start(self, message: LiveStartMessage) -> None:
+        live = self.app[JOBS_KEY].live
+        if not self.app[JOBS_KEY].accepting:
+            raise LatentBridgeError("the server is shutting down", code=ErrorCode.model_not_ready)
+        request = resolve_remote_request(self.app, message.request)
+        session = live.start(self.owner, request, message.live)
+        self.live_sessions.add(session.id)
+        await self.send_event(LiveStartedEvent(job_id=session.id, client_ref=message.client_ref,
+                                               revision=session.revision, request=session.request,
+                                               live=session.options, decoder=session.decoder))
+        self.follow(session.id, session.subscription)
+
+    async def on_live_update(self, message: LiveUpdateMessage) -> None:
+        live = self.app[JOBS_KEY].live
+        request = resolve_remote_request(self.app, message.request) if message.request is not None else None
+        session = live.update(message.job_id, self.owner, request, message.live)
+        await self.send_event(LiveUpdatedEvent(job_id=session.id, revision=session.revision, request=session.request,
+                                               live=session.options, decoder=session.decoder))
+
+    async def on_live_stop(self, session_id: str) -> None:
+        live = self.app[JOBS_KEY].live
+        live.session(session_id, self.owner)  # unknown (or another connection's): a typed error
+        self.live_sessions.discard(session_id)
+        live.stop(session_id, "stopped")  # its subscription delivers `live_stopped`, then ends
+
     # ------------------------------------------------------------------ forwarding a job
 
     def follow(self, job_id: str, subscription: Any) -> None:
@@ -182,6 +238,11 @@ class Connection:
             async for item in subscription:
                 if self.ws.closed:
                     return
+                if isinstance(item, LiveResultFrame):
+                    await self.send_binary(BinaryHeader(kind="live_result", format=item.format, job_id=job_id,
+                                                        frame=item.frame, revision=item.revision, width=item.width,
+                                                        height=item.height, timings=LiveTimings(**item.timings)), item.data)
+                    continue
                 if isinstance(item, PreviewFrame):
                     await self.send_binary(BinaryHeader(kind="preview", format=item.format, job_id=job_id,
                                                         step=item.step, total=item.total, width=item.width,
@@ -203,6 +264,10 @@ class Connection:
             subscription.close()
 
     async def close(self) -> None:
+        live = self.app[JOBS_KEY].live
+        for session_id in list(self.live_sessions):  # a live session ends with its connection
+            live.stop(session_id, "disconnected")
+        self.live_sessions.clear()
         for task in list(self.forwarders.values()):
             task.cancel()
         self.uploads.clear()

@@ -45,8 +45,8 @@ describe("invalid vectors", () => {
 describe("server vectors", () => {
   test("there is one vector for every server event type", () => {
     const types = new Set(vectorNames("server", ".json").map((n) => vectorJson(`server/${n}`).type));
-    assert.deepEqual([...types].sort(), ["accepted", "cancelled", "done", "error", "hello", "model", "pong", "preview",
-      "progress", "result", "started", "status"]);
+    assert.deepEqual([...types].sort(), ["accepted", "cancelled", "done", "error", "hello", "live_started",
+      "live_stopped", "live_updated", "model", "pong", "preview", "progress", "result", "started", "status"]);
   });
 
   test("a job follows accepted → started → progress → result → done", async () => {

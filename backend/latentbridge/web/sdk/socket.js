@@ -219,7 +219,8 @@ export class Connection {
             return;
         }
         const { header, payload } = frame;
-        if (header.kind === "upload" || !header.job_id)
+        // Jobs' frames only: this SDK does not run live sessions (docs/live.md), so live frames have no job here.
+        if ((header.kind !== "preview" && header.kind !== "result") || !header.job_id)
             return;
         this.jobs.get(header.job_id)?.deliver({ kind: header.kind, header, data: payload });
     }

@@ -258,16 +258,16 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "upload" | "preview" | "result";
+            kind: "upload" | "preview" | "result" | "live_frame" | "live_result";
             /**
              * Format
-             * @description png, jpeg or webp; `rgb` (raw pixels) on preview frames only
+             * @description png, jpeg or webp; `rgb` (raw pixels) on preview, live_frame and live_result frames, with width and height
              * @enum {string}
              */
             format: "png" | "jpeg" | "webp" | "rgb";
             /**
              * Job Id
-             * @description Set on preview/result frames
+             * @description Set on preview/result frames and on live frames (the live session)
              * @default null
              */
             job_id?: string | null;
@@ -303,6 +303,29 @@ export interface components {
              * @default null
              */
             height?: number | null;
+            /**
+             * Frame
+             * @description Live frames: the client's frame number (increasing); live results name the frame
+             * @default null
+             */
+            frame?: number | null;
+            /**
+             * Revision
+             * @description Live results: the settings revision used
+             * @default null
+             */
+            revision?: number | null;
+            /**
+             * Parts
+             * @description live_frame: the images in the payload, in order
+             * @default null
+             */
+            parts?: components["schemas"]["LivePart"][] | null;
+            /**
+             * @description Live results: milliseconds spent per stage on the server
+             * @default null
+             */
+            timings?: components["schemas"]["LiveTimings"] | null;
         };
         /** CancelMessage */
         CancelMessage: {
@@ -732,6 +755,257 @@ export interface components {
             /** Max Queue */
             max_queue: number;
         };
+        /** LiveCounts */
+        LiveCounts: {
+            /**
+             * Received
+             * @description Frames the session was sent
+             * @default 0
+             */
+            received?: number;
+            /**
+             * Rendered
+             * @description Frames rendered (result frames sent), re-renders after live_update included
+             * @default 0
+             */
+            rendered?: number;
+            /**
+             * Dropped
+             * @description Frames replaced by a newer one before they were rendered (stale)
+             * @default 0
+             */
+            dropped?: number;
+            /**
+             * Stale Rendered
+             * @description Frames rendered although a newer one had arrived: always 0
+             * @default 0
+             */
+            stale_rendered?: number;
+            /**
+             * Failed
+             * @description Frames that failed (each with an error event)
+             * @default 0
+             */
+            failed?: number;
+        };
+        /**
+         * LiveOptions
+         * @description How a live session renders its frames (fixed for the session; `live_update` changes them).
+         */
+        LiveOptions: {
+            /**
+             * @description Few-step settings (custom: the request's own)
+             * @default turbo
+             */
+            preset?: components["schemas"]["LivePreset"];
+            /**
+             * Steps
+             * @description Denoising steps each frame runs (img2img: after `strength`); the preset's when absent (turbo 1, the others 4; custom: the request's)
+             * @default null
+             */
+            steps?: number | null;
+            /**
+             * Decoder
+             * @description taesd: the tiny autoencoder (AutoencoderTiny) encodes and decodes the frames (fast); vae: the model's own VAE. Without a configured TAESD the server uses the VAE and says so
+             * @default taesd
+             * @enum {string}
+             */
+            decoder?: "taesd" | "vae";
+            /**
+             * Format
+             * @description Encoding of the result frames; rgb: raw 8-bit RGB rows, for clients on the same machine
+             * @default jpeg
+             * @enum {string}
+             */
+            format?: "jpeg" | "png" | "rgb";
+        };
+        /**
+         * LivePart
+         * @description One image of a `live_frame`: its role and its length in the payload (parts follow each other).
+         */
+        LivePart: {
+            /**
+             * Role
+             * @description init (the frame) or control.<i>
+             */
+            role: string;
+            /**
+             * Bytes
+             * @description Length of this image in the payload
+             */
+            bytes: number;
+        };
+        /**
+         * LivePreset
+         * @description Few-step settings a live session runs with (docs/live.md lists the checkpoints and LoRAs
+         *     each one is for; a LoRA goes in `request.loras`).
+         * @enum {string}
+         */
+        LivePreset: "custom" | "turbo" | "lcm" | "lightning" | "hyper" | "tcd";
+        /**
+         * LiveStartMessage
+         * @description Start a live session: every `live_frame` it is sent becomes one img2img (or, with control
+         *     units, txt2img) generation of `request`, at most one pending per session (a newer frame
+         *     replaces it). The server answers `live_started` with the session's `job_id`.
+         */
+        LiveStartMessage: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_start";
+            /**
+             * Client Ref
+             * @description Echoed in `live_started` to correlate
+             * @default null
+             */
+            client_ref?: string | null;
+            request: components["schemas"]["GenerationRequest"];
+            live?: components["schemas"]["LiveOptions"];
+        };
+        /**
+         * LiveStartedEvent
+         * @description A live session runs: `request` is what every frame renders (the preset applied, the seed
+         *     chosen), `decoder` the autoencoder in use (vae when no TAESD fits the model).
+         */
+        LiveStartedEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_started";
+            /** Job Id */
+            job_id: string;
+            /**
+             * Client Ref
+             * @default null
+             */
+            client_ref?: string | null;
+            /**
+             * Revision
+             * @description Bumped by every live_update; result frames name the one they used
+             * @default 0
+             */
+            revision?: number;
+            request: components["schemas"]["GenerationRequest"];
+            live: components["schemas"]["LiveOptions"];
+            /**
+             * Decoder
+             * @enum {string}
+             */
+            decoder: "taesd" | "vae";
+        };
+        /** LiveStopMessage */
+        LiveStopMessage: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_stop";
+            /** Job Id */
+            job_id: string;
+        };
+        /** LiveStoppedEvent */
+        LiveStoppedEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_stopped";
+            /** Job Id */
+            job_id: string;
+            /**
+             * Reason
+             * @enum {string}
+             */
+            reason: "stopped" | "disconnected" | "failed" | "shutdown";
+            frames: components["schemas"]["LiveCounts"];
+            /**
+             * Message
+             * @default null
+             */
+            message?: string | null;
+        };
+        /**
+         * LiveTimings
+         * @description Where a live frame's time went on the server, in milliseconds (None: the stage did not run).
+         */
+        LiveTimings: {
+            /**
+             * Wait
+             * @description From arrival to the start of its render (queue, other work)
+             * @default null
+             */
+            wait?: number | null;
+            /**
+             * Decode
+             * @description Decoding the frame's images
+             * @default null
+             */
+            decode?: number | null;
+            /**
+             * Setup
+             * @description Loading, LoRAs, pipeline and prompt (once per settings)
+             * @default null
+             */
+            setup?: number | null;
+            /**
+             * Denoise
+             * @description Encoding the frame and the denoising steps
+             * @default null
+             */
+            denoise?: number | null;
+            /**
+             * Vae
+             * @description Decoding the latents (TAESD or the VAE)
+             * @default null
+             */
+            vae?: number | null;
+            /**
+             * Encode
+             * @description Encoding the result frame
+             * @default null
+             */
+            encode?: number | null;
+        };
+        /**
+         * LiveUpdateMessage
+         * @description Change a running session's request and/or options (a new prompt, strength, seed, units...)
+         *     without restarting it; the last frame is rendered again with them when it carries the parts
+         *     they take (a change of control units waits for the client's next frame).
+         */
+        LiveUpdateMessage: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_update";
+            /** Job Id */
+            job_id: string;
+            /** @default null */
+            request?: components["schemas"]["GenerationRequest"] | null;
+            /** @default null */
+            live?: components["schemas"]["LiveOptions"] | null;
+        };
+        /** LiveUpdatedEvent */
+        LiveUpdatedEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "live_updated";
+            /** Job Id */
+            job_id: string;
+            /** Revision */
+            revision: number;
+            request: components["schemas"]["GenerationRequest"];
+            live: components["schemas"]["LiveOptions"];
+            /**
+             * Decoder
+             * @enum {string}
+             */
+            decoder: "taesd" | "vae";
+        };
         /** LoadModelBody */
         LoadModelBody: {
             /** Model */
@@ -1044,7 +1318,7 @@ export interface components {
          *     `dpmpp_2m` / `dpmpp_sde` with `schedule: karras`.
          * @enum {string}
          */
-        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "heun" | "pndm" | "lms" | "dpm2" | "dpm2_a" | "dpmpp_2s_a" | "dpmpp_sde" | "dpmpp_2m_sde" | "dpmpp_2m_sde_heun" | "dpmpp_3m_sde";
+        Sampler: "euler" | "euler_a" | "dpmpp_2m" | "dpmpp_2m_karras" | "dpmpp_sde_karras" | "ddim" | "unipc" | "lcm" | "tcd" | "heun" | "pndm" | "lms" | "dpm2" | "dpm2_a" | "dpmpp_2s_a" | "dpmpp_sde" | "dpmpp_2m_sde" | "dpmpp_2m_sde_heun" | "dpmpp_3m_sde";
         /**
          * Schedule
          * @description Where the sampler's steps fall on the noise scale. `default` keeps the model's own scheduler
@@ -1177,8 +1451,8 @@ export interface components {
              */
             priority?: "interactive" | "normal" | "batch";
         };
-        ClientMessage: components["schemas"]["HelloMessage"] | components["schemas"]["SubmitMessage"] | components["schemas"]["CancelMessage"] | components["schemas"]["AttachMessage"] | components["schemas"]["PingMessage"];
-        ServerEvent: components["schemas"]["HelloEvent"] | components["schemas"]["AcceptedEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["StatusEvent"] | components["schemas"]["PongEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ModelEvent"];
+        ClientMessage: components["schemas"]["HelloMessage"] | components["schemas"]["SubmitMessage"] | components["schemas"]["CancelMessage"] | components["schemas"]["AttachMessage"] | components["schemas"]["PingMessage"] | components["schemas"]["LiveStartMessage"] | components["schemas"]["LiveUpdateMessage"] | components["schemas"]["LiveStopMessage"];
+        ServerEvent: components["schemas"]["HelloEvent"] | components["schemas"]["AcceptedEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["StatusEvent"] | components["schemas"]["PongEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ModelEvent"] | components["schemas"]["LiveStartedEvent"] | components["schemas"]["LiveUpdatedEvent"] | components["schemas"]["LiveStoppedEvent"];
         /** @description One event of a job, as JSON (the `data:` of a server-sent event) */
         JobEvent: components["schemas"]["StatusEvent"] | components["schemas"]["StartedEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["ResultEvent"] | components["schemas"]["DoneEvent"] | components["schemas"]["CancelledEvent"] | components["schemas"]["ErrorEvent"];
     };
@@ -2250,7 +2524,7 @@ export const pathsApiV1JobsPostRequestBodyContentMultipartFormDataPriorityValues
 export const pathsApiV1JobsJob_idEventsGetResponses200ContentTextEventStreamEventValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["event"]> = ["status", "started", "progress", "preview", "result", "done", "cancelled", "error"];
 export const acceptedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AcceptedEvent"]["type"]> = ["accepted"];
 export const attachMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AttachMessage"]["type"]> = ["attach"];
-export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result"];
+export const binaryHeaderKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["kind"]> = ["upload", "preview", "result", "live_frame", "live_result"];
 export const binaryHeaderFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["BinaryHeader"]["format"]> = ["png", "jpeg", "webp", "rgb"];
 export const cancelMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelMessage"]["type"]> = ["cancel"];
 export const cancelledEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CancelledEvent"]["type"]> = ["cancelled"];
@@ -2263,6 +2537,18 @@ export const healthResponseStatusValues: ReadonlyArray<FlattenedDeepRequired<com
 export const helloEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HelloEvent"]["type"]> = ["hello"];
 export const helloMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HelloMessage"]["type"]> = ["hello"];
 export const jobStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JobState"]> = ["queued", "running", "done", "cancelled", "failed", "interrupted"];
+export const liveOptionsDecoderValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveOptions"]["decoder"]> = ["taesd", "vae"];
+export const liveOptionsFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveOptions"]["format"]> = ["jpeg", "png", "rgb"];
+export const livePresetValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LivePreset"]> = ["custom", "turbo", "lcm", "lightning", "hyper", "tcd"];
+export const liveStartMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStartMessage"]["type"]> = ["live_start"];
+export const liveStartedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStartedEvent"]["type"]> = ["live_started"];
+export const liveStartedEventDecoderValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStartedEvent"]["decoder"]> = ["taesd", "vae"];
+export const liveStopMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStopMessage"]["type"]> = ["live_stop"];
+export const liveStoppedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStoppedEvent"]["type"]> = ["live_stopped"];
+export const liveStoppedEventReasonValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveStoppedEvent"]["reason"]> = ["stopped", "disconnected", "failed", "shutdown"];
+export const liveUpdateMessageTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveUpdateMessage"]["type"]> = ["live_update"];
+export const liveUpdatedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveUpdatedEvent"]["type"]> = ["live_updated"];
+export const liveUpdatedEventDecoderValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["LiveUpdatedEvent"]["decoder"]> = ["taesd", "vae"];
 export const modeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Mode"]> = ["txt2img", "img2img", "inpaint", "outpaint"];
 export const modelEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelEvent"]["type"]> = ["model"];
 export const modelStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelState"]> = ["loading", "downloading", "ready", "failed"];
@@ -2274,7 +2560,7 @@ export const previewOptionsDecoderValues: ReadonlyArray<FlattenedDeepRequired<co
 export const previewOptionsFormatValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PreviewOptions"]["format"]> = ["jpeg", "png", "rgb"];
 export const progressEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ProgressEvent"]["type"]> = ["progress"];
 export const resultEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ResultEvent"]["type"]> = ["result"];
-export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
+export const samplerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Sampler"]> = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras", "ddim", "unipc", "lcm", "tcd", "heun", "pndm", "lms", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"];
 export const scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Schedule"]> = ["default", "linspace", "leading", "trailing", "karras", "exponential", "beta"];
 export const seamlessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Seamless"]> = ["none", "x", "y", "xy"];
 export const startedEventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StartedEvent"]["type"]> = ["started"];
