@@ -38,6 +38,17 @@ def inside(path: Path, base: Path) -> bool:
     return True
 
 
+def local_path(name: str, dirs: list[Path]) -> Path | None:
+    """For a caller on this machine: `name` inside one of `dirs` (never escaping it), else `name`
+    as a path here; None when neither exists."""
+    for base in dirs:
+        candidate = Path(base) / name
+        if inside(candidate, Path(base)) and candidate.exists():
+            return candidate
+    path = Path(name).expanduser()
+    return path if path.exists() else None
+
+
 def name_fits(name: str) -> bool:
     """Whether every component of `name` could be a file name (at most NAME_MAX bytes of UTF-8)."""
     return all(len(part.encode("utf-8", "surrogatepass")) <= NAME_MAX for part in name.replace("\\", "/").split("/"))

@@ -122,13 +122,9 @@ def resolve_source(name: str, settings: Settings, *, local: bool, field: str) ->
         path = model_dirs.find(name, settings, dirs=settings.controlnet_dirs, field=field, what="ControlNet",
                                flag="--controlnet-dirs")
         return _source_for_path(path, field)
-    for base in settings.controlnet_dirs:
-        candidate = Path(base) / name
-        if model_dirs.inside(candidate, Path(base)) and candidate.exists():
-            return _source_for_path(candidate, field)
-    path = Path(name).expanduser()
-    if path.exists():
-        return _source_for_path(path, field)
+    found = model_dirs.local_path(name, settings.controlnet_dirs)
+    if found is not None:
+        return _source_for_path(found, field)
     if _looks_like_hub_id(name):
         return ControlNetSource("hub", name)
     raise UnknownModel(f"unknown ControlNet {name!r}: {_HINT}", field=field)

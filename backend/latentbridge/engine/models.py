@@ -110,13 +110,10 @@ def resolve_source(name: str, settings: Settings, *, local: bool = True) -> Mode
         return ModelSource("builtin", name)
     if not local and name != settings.model:
         return _source_for_path(model_dirs.find(name, settings))
-    for base in settings.model_dirs:
-        candidate = Path(base) / name
-        if model_dirs.inside(candidate, Path(base)) and candidate.exists():
-            return _source_for_path(candidate)
+    found = model_dirs.local_path(name, settings.model_dirs)
+    if found is not None:
+        return _source_for_path(found)
     path = Path(os.path.expanduser(name))
-    if path.exists():
-        return _source_for_path(path)
     if path.suffix.lower() in SAFE_WEIGHTS + PICKLE_WEIGHTS or name.startswith((".", "/", "~")):
         raise UnknownModel(f"model file {name!r} does not exist: {_HINT}", field="model")
     if _looks_like_hub_id(name):

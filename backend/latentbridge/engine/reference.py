@@ -108,13 +108,9 @@ def resolve_source(name: str, settings: Settings, *, local: bool, field: str = F
         path = model_dirs.find(name, settings, dirs=settings.controlnet_dirs, field=field, what="IP-Adapter",
                                flag="--controlnet-dirs")
         return _file_source(path, field)
-    for base in settings.controlnet_dirs:
-        candidate = Path(base) / name
-        if model_dirs.inside(candidate, Path(base)) and candidate.exists():
-            return _file_source(candidate, field)
-    path = Path(name).expanduser()
-    if path.exists():
-        return _file_source(path, field)
+    found = model_dirs.local_path(name, settings.controlnet_dirs)
+    if found is not None:
+        return _file_source(found, field)
     if _hub_file(name) is not None:
         return AdapterSource("hub", name)
     raise UnknownModel(f"unknown IP-Adapter {name!r}: {_HINT}", field=field)
