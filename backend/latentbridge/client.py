@@ -8,8 +8,12 @@
 
     pngs = Client("http://127.0.0.1:7423").generate(request, on_progress=print)
 
-One websocket carries every job of a client: a single reader task routes each event and binary
-frame to its job by `job_id`. Errors the server reports (ErrorEvent, typed HTTP error bodies) are
+    session = await client.live_start(live_request)   # live sessions: client_live.py
+    await session.send_frame(init=png_bytes); result = await session.next_result()
+
+One websocket carries every job and live session of a client: a single reader task routes each
+event and binary frame to its job or session by `job_id`. The blocking `Client` is in
+client_blocking.py, what a job hands out in client_jobs.py; all are importable from here. Errors the server reports (ErrorEvent, typed HTTP error bodies) are
 raised as `protocol.LatentBridgeError` with the same code and field.
 """
 
@@ -17,10 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -40,6 +43,13 @@ from .protocol import (
     HelloMessage,
     JobState,
     LatentBridgeError,
+    LiveOptions,
+    LiveStartedEvent,
+    LiveStartMessage,
+    LiveStopMessage,
+    LiveStoppedEvent,
+    LiveUpdatedEvent,
+    LiveUpdateMessage,
     PingMessage,
     PongEvent,
     PreviewEvent,
@@ -63,12 +73,16 @@ from .client_jobs import (  # the SDK's public names stay importable from here
     sniff_format,
     split_url,
 )
+from .client_blocking import BlockingLiveSession, Client
+from .client_live import LiveResult, LiveSession
+
+__all__ = ["AsyncClient", "BlockingLiveSession", "Client", "ConnectionLost", "ImageFrame", "Job", "JobItem",
+           "LiveResult", "LiveSession"]
 
 API_PREFIX = "/api/v1"
 CLIENT_NAME = "latentbridge-python"
 # Results are full-size PNGs; the server enforces its own limits on what we send.
 MAX_RECEIVE_BYTES = 512 * 1024 * 1024
-T = TypeVar("T")
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
     """Text lines of a stream, however long (aiohttp's own line reader caps a line's length, and
@@ -98,10 +112,11 @@ class AsyncClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._jobs: dict[str, Job] = {}
-        # Submits and attaches go one at a time, so an error without a job id (the server's answer
-        # to a refused submit or an unknown job) belongs to the one awaiting its reply.
+        self._live: dict[str, LiveSession] = {}
+        # Calls that await a reply (submit, attach, live start/update/stop) go one at a time, so an
+        # error without a job id (the server's answer to a refused call) belongs to the one awaiting.
         self._reply_lock = asyncio.Lock()
-        self._pending: tuple[str, asyncio.Future[Job]] | None = None  # (client_ref or job_id, reply)
+        self._pending: tuple[str, asyncio.Future[Any]] | None = None  # (reply key, reply)
         self._pongs: list[asyncio.Future[None]] = []
         self._connect_lock = asyncio.Lock()
 
@@ -174,6 +189,12 @@ class AsyncClient:
         assert self._ws is not None
         await self._ws.send_str(message.model_dump_json())
 
+    async def _send_bytes(self, frame: bytes) -> None:
+        if not self.connected:
+            raise ConnectionLost("the websocket is not open")
+        assert self._ws is not None
+        await self._ws.send_bytes(frame)
+
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             async for msg in ws:
@@ -181,6 +202,11 @@ class AsyncClient:
                     self._route_event(parse_server_event(msg.data))
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     header, payload = decode_binary_frame(msg.data)
+                    if header.kind == "live_result":
+                        session = self._live.get(header.job_id or "")
+                        if session is not None:
+                            session._on_result(LiveResult.from_frame(header, payload))
+                        continue
                     job = self._jobs.get(header.job_id or "")
                     if job is not None:
                         job._feed(ImageFrame(header, payload))
@@ -206,6 +232,9 @@ class AsyncClient:
             if self.hello is not None:
                 self.hello = self.hello.model_copy(update={"model": event.model})
             return
+        if isinstance(event, (LiveStartedEvent, LiveUpdatedEvent, LiveStoppedEvent)):
+            self._route_live(event, pending)
+            return
         if isinstance(event, PongEvent):
             for fut in self._pongs:
                 if not fut.done():
@@ -220,17 +249,43 @@ class AsyncClient:
             if isinstance(event, ErrorEvent) and pending is not None:
                 pending[1].set_exception(error_from_event(event))
             return
+        if isinstance(event, ErrorEvent) and job_id in self._live:
+            self._live[job_id]._on_error(event)  # a refused or failed frame: the session carries on
+            return
         job = self._jobs.get(job_id)
         if job is not None:
             job._feed(event)
             if isinstance(event, (DoneEvent, CancelledEvent, ErrorEvent)):
                 self._jobs.pop(job_id, None)
 
+    def _route_live(self, event: LiveStartedEvent | LiveUpdatedEvent | LiveStoppedEvent,
+                    pending: tuple[str, asyncio.Future[Any]] | None) -> None:
+        if isinstance(event, LiveStartedEvent):
+            if pending is not None and pending[0] == f"live_start:{event.client_ref}":
+                session = LiveSession(self, event)
+                self._live[event.job_id] = session
+                pending[1].set_result(session)
+            return
+        session = self._live.get(event.job_id)
+        if isinstance(event, LiveUpdatedEvent):
+            if session is not None:
+                session._on_updated(event)
+        else:
+            self._live.pop(event.job_id, None)
+            if session is not None:
+                session._on_stopped(event)
+        if pending is not None and pending[0] == f"{event.type}:{event.job_id}":
+            pending[1].set_result(event)
+
     def _on_connection_lost(self) -> None:
         lost = ConnectionLost("connection to the server closed; attach to the job again after reconnecting")
         for job in self._jobs.values():
             job._feed(lost)
         self._jobs.clear()
+        # The server ends a connection's live sessions with it: start a new one after reconnecting.
+        for session in self._live.values():
+            session._on_connection_lost(ConnectionLost(f"connection closed: live session {session.job_id} ended"))
+        self._live.clear()
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(lost)
         for fut in self._pongs:
@@ -257,12 +312,12 @@ class AsyncClient:
         message = SubmitMessage(client_ref=ref, request=request, images=uploads, priority=priority)  # type: ignore[arg-type]
         return await self._await_reply(ref, frames, message)
 
-    async def _await_reply(self, key: str, frames: list[bytes], message: BaseModel) -> Job:
+    async def _await_reply(self, key: str, frames: list[bytes], message: BaseModel) -> Any:
         """Send frames + a message and wait for the reply routed to `key` (see `_route_event`)."""
         async with self._reply_lock:
             await self.connect()
             assert self._ws is not None
-            future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending = (key, future)
             try:
                 for frame in frames:
@@ -288,6 +343,25 @@ class AsyncClient:
         except LatentBridgeError:
             self._jobs.pop(job_id, None)
             raise
+
+    async def live_start(self, request: GenerationRequest, live: LiveOptions | None = None) -> LiveSession:
+        """Start a live session (docs/live.md): img2img of every frame sent (txt2img from the
+        control maps when the request has control units and no init). `LiveSession` sends frames
+        latest-wins and hands out the results; a refused start raises LatentBridgeError."""
+        ref = uuid.uuid4().hex
+        message = LiveStartMessage(client_ref=ref, request=request, live=live or LiveOptions())
+        session: LiveSession = await self._await_reply(f"live_start:{ref}", [], message)
+        return session
+
+    async def _live_update(self, job_id: str, request: GenerationRequest | None,
+                           live: LiveOptions | None) -> LiveUpdatedEvent:
+        message = LiveUpdateMessage(job_id=job_id, request=request, live=live)
+        event: LiveUpdatedEvent = await self._await_reply(f"live_updated:{job_id}", [], message)
+        return event
+
+    async def _live_stop(self, job_id: str) -> LiveStoppedEvent:
+        event: LiveStoppedEvent = await self._await_reply(f"live_stopped:{job_id}", [], LiveStopMessage(job_id=job_id))
+        return event
 
     async def ping(self, timeout_s: float = 10.0) -> float:
         """Round-trip time of an application-level ping, in seconds."""
@@ -443,91 +517,3 @@ class AsyncClient:
         else:
             raise ConnectionLost(f"event stream of job {job_id} ended before the job did")
         return [await self.result(job_id, i) for i in range(count)]
-
-
-class Client:
-    """Blocking client: runs an AsyncClient on an event loop in a private thread. Callbacks are
-    called on that thread."""
-
-    def __init__(self, url: str, token: str | None = None, **kwargs: Any):
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="latentbridge-client", daemon=True)
-        self._thread.start()
-        self._client = self._run(self._make(url, token, kwargs))
-
-    @staticmethod
-    async def _make(url: str, token: str | None, kwargs: dict[str, Any]) -> AsyncClient:
-        return AsyncClient(url, token, **kwargs)
-
-    def _run(self, coro: Awaitable[T]) -> T:
-        if self._loop.is_closed():
-            raise RuntimeError("client is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-        try:
-            return future.result()
-        except BaseException:
-            # Ctrl-C (or any interruption of the caller) cancels the coroutine too.
-            future.cancel()
-            raise
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    @property
-    def hello(self) -> HelloEvent | None:
-        return self._client.hello
-
-    def connect(self) -> HelloEvent:
-        return self._run(self._client.connect())
-
-    def generate(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
-                 on_progress: Callable[[ProgressEvent], None] | None = None,
-                 on_preview: Callable[[bytes, BinaryHeader], None] | None = None,
-                 *, transport: str = "ws", priority: str = "normal", images: dict[str, bytes] | None = None) -> list[bytes]:
-        return self._run(self._client.generate(request, init_image, mask, on_progress, on_preview,
-                                               transport=transport, priority=priority, images=images))
-
-    def submit(self, request: GenerationRequest, init_image: bytes | None = None, mask: bytes | None = None,
-               *, priority: str = "normal", images: dict[str, bytes] | None = None) -> str:
-        """Submit over the websocket and return the job id (follow it with `wait`)."""
-        return self._run(self._client.submit(request, init_image, mask, priority=priority, images=images)).job_id
-
-    def wait(self, job_id: str) -> list[bytes]:
-        """Attach to a job and block until it ends; its PNGs."""
-
-        async def attach_and_wait() -> list[bytes]:
-            return await (await self._client.attach(job_id)).wait()
-
-        return self._run(attach_and_wait())
-
-    def cancel(self, job_id: str) -> None:
-        self._run(self._client.cancel(job_id))
-
-    def status(self, job_id: str) -> StatusEvent:
-        return self._run(self._client.status(job_id))
-
-    def result(self, job_id: str, index: int = 0) -> bytes:
-        return self._run(self._client.result(job_id, index))
-
-    def input(self, job_id: str, role: str) -> bytes:
-        return self._run(self._client.input(job_id, role))
-
-    def health(self) -> dict[str, Any]:
-        return self._run(self._client.health())
-
-    def models(self) -> Any:
-        return self._run(self._client.models())
-
-    def load_model(self, name: str) -> Any:
-        return self._run(self._client.load_model(name))

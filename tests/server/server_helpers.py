@@ -178,3 +178,34 @@ def _ready(url: str) -> bool:
             return json.loads(response.read())["model"]["state"] == "ready"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Live sessions
+
+
+class GatedEngine:
+    """The real engine, with a gate in front of its live frames: a test holds a frame "rendering"
+    for as long as it needs (everything else goes straight to the engine)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.rendered: list[tuple[str, int]] = []  # (session, revision) of every frame that started
+        self.order: list[str] = []  # "live" / "job", in the order the worker ran them
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, *args, **kwargs):
+        self.order.append("job")
+        return self._engine.generate(*args, **kwargs)
+
+    def live_frame(self, session, revision, request, options, images, cancel=None):
+        self.rendered.append((session, revision))
+        self.order.append("live")
+        self.entered.set()
+        self.gate.wait(30)
+        return self._engine.live_frame(session, revision, request, options, images, cancel)

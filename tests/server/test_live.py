@@ -4,7 +4,6 @@ settings changed mid-session, disconnects, several clients, and the queue's fair
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 import pytest
@@ -12,36 +11,9 @@ import pytest
 from latentbridge.protocol import WS_PATH, BinaryHeader, encode_binary_frame
 from latentbridge.server.app import JOBS_KEY
 
-from server_helpers import WsClient, png_bytes, tiny_request
+from server_helpers import GatedEngine, WsClient, png_bytes, tiny_request
 
 LIVE_REQUEST = {"mode": "img2img", "prompt": "bronze", "width": 64, "height": 64, "strength": 0.5, "seed": 5}
-
-
-class GatedEngine:
-    """The real engine, with a gate in front of its live frames: a test holds a frame "rendering"
-    for as long as it needs (everything else goes straight to the engine)."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.rendered: list[tuple[str, int]] = []  # (session, revision) of every frame that started
-        self.order: list[str] = []  # "live" / "job", in the order the worker ran them
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def generate(self, *args, **kwargs):
-        self.order.append("job")
-        return self._engine.generate(*args, **kwargs)
-
-    def live_frame(self, session, revision, request, options, images, cancel=None):
-        self.rendered.append((session, revision))
-        self.order.append("live")
-        self.entered.set()
-        self.gate.wait(30)
-        return self._engine.live_frame(session, revision, request, options, images, cancel)
 
 
 async def start(ws: WsClient, request=None, **live) -> object:

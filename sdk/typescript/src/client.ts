@@ -2,8 +2,9 @@
 import { LatentBridgeError } from "./errors.js";
 import { HttpApi, splitUrl, type HttpOptions, type SubmitOptions } from "./http.js";
 import { isImageFrame, type Job } from "./job.js";
+import type { LiveSession } from "./live.js";
 import { Connection, type ConnectionOptions } from "./socket.js";
-import type { BinaryHeader, GenerationRequest, ProgressEvent } from "./types.js";
+import type { BinaryHeader, GenerationRequest, LiveOptions, ProgressEvent } from "./types.js";
 
 export type ClientOptions = HttpOptions & Omit<ConnectionOptions, "token" | "clientName">;
 
@@ -56,6 +57,11 @@ export class LatentBridge extends HttpApi {
 
   async cancel(jobId: string): Promise<void> {
     return (await this.connect()).cancel(jobId);
+  }
+
+  /** Start a live session on the shared connection (docs/live.md); it ends with the connection. */
+  async liveStart(request: GenerationRequest, live: LiveOptions = {}): Promise<LiveSession> {
+    return (await this.connect()).liveStart(request, live);
   }
 
   /** Submit and follow to the end: the PNG bytes of every image (the request is embedded in each). */

@@ -29,6 +29,9 @@ export type SubmitMessage = S["SubmitMessage"];
 export type CancelMessage = S["CancelMessage"];
 export type AttachMessage = S["AttachMessage"];
 export type PingMessage = S["PingMessage"];
+export type LiveStartMessage = S["LiveStartMessage"];
+export type LiveUpdateMessage = S["LiveUpdateMessage"];
+export type LiveStopMessage = S["LiveStopMessage"];
 
 // Events, server → client (websocket text frames and SSE payloads)
 export type ServerEvent = S["ServerEvent"];
@@ -44,6 +47,14 @@ export type ErrorEvent = S["ErrorEvent"];
 export type StatusEvent = S["StatusEvent"];
 export type ModelEvent = S["ModelEvent"];
 export type PongEvent = S["PongEvent"];
+export type LiveStartedEvent = S["LiveStartedEvent"];
+export type LiveUpdatedEvent = S["LiveUpdatedEvent"];
+export type LiveStoppedEvent = S["LiveStoppedEvent"];
+// Live sessions (docs/live.md)
+export type LiveOptions = S["LiveOptions"];
+export type LivePreset = S["LivePreset"];
+export type LiveCounts = S["LiveCounts"];
+export type LiveTimings = S["LiveTimings"];
 /** The events that belong to one job. */
 export type JobEvent = AcceptedEvent | StartedEvent | ProgressEvent | PreviewEvent | ResultEvent | DoneEvent
   | CancelledEvent | ErrorEvent | StatusEvent;

@@ -38,6 +38,10 @@ export class LatentBridge extends HttpApi {
     async cancel(jobId) {
         return (await this.connect()).cancel(jobId);
     }
+    /** Start a live session on the shared connection (docs/live.md); it ends with the connection. */
+    async liveStart(request, live = {}) {
+        return (await this.connect()).liveStart(request, live);
+    }
     /** Submit and follow to the end: the PNG bytes of every image (the request is embedded in each). */
     async generate(request, options = {}) {
         return options.transport === "http" ? this.generateHttp(request, options) : this.generateWs(request, options);

@@ -3,6 +3,7 @@
 import { ConnectionLost, LatentBridgeError } from "./errors.js";
 import { decodeBinaryFrame, encodeBinaryFrame, sniffFormat, toBytes } from "./frames.js";
 import { isImageFrame, Job } from "./job.js";
+import { LiveSession } from "./live.js";
 export const PROTOCOL_VERSION = 1;
 const CLOSE_NORMAL = 1000;
 const CLOSE_POLICY = 1008; // the server's answer to a bad token
@@ -19,23 +20,28 @@ async function defaultWebSocket() {
             + "`WebSocket` in the options", "unsupported");
     }
 }
-/** Whether an error answers the pending call. Only a submit or an attach can be refused. A
- * refused submit has no job id; an attach to an unknown job is refused with `unknown_job` naming
- * the job asked about (a cancel of an unknown job gets the same error, which is not an answer to a
- * pending submit). */
+/** Whether an error answers the pending call. A submit, an attach and the live calls can be
+ * refused. A refused submit or live call has no job id; an attach to an unknown job is refused
+ * with `unknown_job` naming the job asked about (a cancel of an unknown job gets the same error,
+ * which is not an answer to a pending submit). Errors naming a live session are about its frames. */
 function answersCall(event, pending) {
     if (event.job_id)
         return pending.type === "attach" && pending.job_id === event.job_id && event.code === "unknown_job";
+    if (pending.type.startsWith("live_"))
+        return true;
     if (pending.type !== "submit" && pending.type !== "attach")
         return false;
     return !(pending.type === "submit" && event.code === "unknown_job" && event.field === "job_id");
 }
+const LIVE_EVENTS = new Set(["live_started", "live_updated", "live_stopped"]);
 function sleep(ms) {
     return new Promise((resolve) => setTimeout(resolve, ms));
 }
 export class Connection {
     hello;
     jobs = new Map();
+    /** Live sessions this connection runs (they end with it). */
+    liveSessions = new Map();
     ws;
     wsUrl;
     options;
@@ -132,6 +138,9 @@ export class Connection {
         this.waiter?.reject(lost);
         this.waiter = null;
         const reconnecting = !!this.options.reconnect && !this.closedByUser && code !== CLOSE_POLICY;
+        for (const session of this.liveSessions.values())
+            session.onConnectionLost(); // the server ended them
+        this.liveSessions.clear();
         this.emit("disconnected", { reconnecting, code });
         if (reconnecting) {
             this.reconnecting = true;
@@ -194,6 +203,8 @@ export class Connection {
             this.emit("model", event.model);
             return;
         }
+        if (LIVE_EVENTS.has(event.type))
+            this.routeLive(event);
         if (this.waiter?.accept(event)) {
             const waiter = this.waiter;
             this.waiter = null;
@@ -206,8 +217,22 @@ export class Connection {
             return;
         }
         const jobId = "job_id" in event ? event.job_id : null;
+        const session = jobId ? this.liveSessions.get(jobId) : undefined;
+        if (session) {
+            if (event.type === "error")
+                session.onError(event);
+            return;
+        }
         const job = jobId ? this.jobs.get(jobId) : undefined;
         job?.deliver(event);
+    }
+    routeLive(event) {
+        if (event.type === "live_updated")
+            this.liveSessions.get(event.job_id)?.onUpdated(event);
+        if (event.type === "live_stopped") {
+            this.liveSessions.get(event.job_id)?.onStopped(event);
+            this.liveSessions.delete(event.job_id);
+        }
     }
     onBinary(data) {
         let frame;
@@ -219,7 +244,10 @@ export class Connection {
             return;
         }
         const { header, payload } = frame;
-        // Jobs' frames only: this SDK does not run live sessions (docs/live.md), so live frames have no job here.
+        if (header.kind === "live_result") {
+            this.liveSessions.get(header.job_id ?? "")?.onResult(header, payload);
+            return;
+        }
         if ((header.kind !== "preview" && header.kind !== "result") || !header.job_id)
             return;
         this.jobs.get(header.job_id)?.deliver({ kind: header.kind, header, data: payload });
@@ -304,6 +332,19 @@ export class Connection {
     /** Stop following a job here (it runs on, on the server). */
     forget(jobId) {
         this.jobs.delete(jobId);
+    }
+    /** Start a live session (docs/live.md): img2img of every frame sent (txt2img from the control
+     * maps when the request has control units and no init). Rejects when the server refuses it. */
+    async liveStart(request, live = {}, clientRef) {
+        const ref = clientRef ?? `live-${++this.uploadSeq}-${Math.random().toString(36).slice(2, 10)}`;
+        const started = await this.call({ type: "live_start", client_ref: ref, request, live }, (e) => e.type === "live_started" && e.client_ref === ref);
+        const session = new LiveSession({
+            sendBytes: (bytes) => this.sendBytes(bytes),
+            liveUpdate: (jobId, req, options) => this.call({ type: "live_update", job_id: jobId, ...(req ? { request: req } : {}), ...(options ? { live: options } : {}) }, (e) => e.type === "live_updated" && e.job_id === jobId),
+            liveStop: (jobId) => this.call({ type: "live_stop", job_id: jobId }, (e) => e.type === "live_stopped" && e.job_id === jobId),
+        }, started);
+        this.liveSessions.set(session.jobId, session);
+        return session;
     }
     /** Application-level round trip, in milliseconds. */
     async ping() {
