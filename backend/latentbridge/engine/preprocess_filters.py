@@ -16,46 +16,43 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..protocol import MAX_SEED
 
 
-class TileResampleOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo must not silently fall back to a default
+
+
+class TileResampleOptions(_Options):
     down_sampling_rate: float = Field(1.0, ge=1.0, le=8.0, description="Shrink the image by this factor (area "
                                       "average); below 1.1 the image is kept as it is (sd-webui-controlnet's "
                                       "tile_resample: default 1, range 1-8)")
 
 
-class BlurOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BlurOptions(_Options):
     sigma: float = Field(9.0, ge=0.01, le=64.0, description="Standard deviation of the Gaussian in pixels "
                          "(sd-webui-controlnet's blur_gaussian: default 9, range 0.01-64)")
 
 
-class ThresholdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ThresholdOptions(_Options):
     threshold: int = Field(127, ge=0, le=255, description="A pixel whose darkest channel is above this turns "
                            "white, the rest black (sd-webui-controlnet's threshold: default 127)")
 
 
-class BinaryOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BinaryOptions(_Options):
     threshold: int = Field(0, ge=0, le=255, description="Grey levels at or below this turn white, the rest black "
                            "(dark strokes become white lines); 0 or 255: Otsu's threshold, chosen from the "
                            "image (sd-webui-controlnet's binary: default 0)")
 
 
-class ColorGridOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ColorGridOptions(_Options):
     cell: int = Field(64, ge=1, le=1024, description="Side of a grid cell in pixels: each cell holds the "
                       "image's average colour there (sd-webui-controlnet's t2ia_color_grid uses 64)")
 
 
-class ShuffleOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ShuffleOptions(_Options):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the random warp; absent: the "
                              "generation's seed (0 where there is none, e.g. a plain detect call)")
 
 
-class RecolorOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RecolorOptions(_Options):
     gamma: float = Field(1.0, ge=0.1, le=2.0, description="The grey level (0-1) is raised to this power: above 1 "
                          "darker mid-tones, below 1 lighter (sd-webui-controlnet's recolor Gamma Correction)")
 
