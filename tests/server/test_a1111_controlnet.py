@@ -247,3 +247,90 @@ async def test_depth_modules_run_the_servers_depth_estimator(make_client, tiny_e
         unit(module="normal_map", threshold_a=0.2, processor_res=64, resize_mode=0)))
     assert status == 200 and len(gen["images"]) == 2
     assert 'Module: normal_map' in info(gen)["infotexts"][0] and "Threshold A: 0.2" in info(gen)["infotexts"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model-free modules (tile, blur, threshold, binary, colour grid, shuffle, recolor)
+
+
+async def test_model_free_modules_are_listed_with_the_extensions_sliders(client):
+    _, modules = await call(client, "GET", "/controlnet/module_list")
+    names, detail = modules["module_list"], modules["module_detail"]
+    assert {"tile_resample", "blur_gaussian", "threshold", "binary", "color", "shuffle", "recolor_luminance",
+            "recolor_intensity"} <= set(names)
+    assert detail["tile_resample"]["sliders"] == [
+        {"name": "Down Sampling Rate", "value": 1.0, "min": 1.0, "max": 8.0, "step": 0.01}]  # no resolution slider
+    assert [s["name"] for s in detail["blur_gaussian"]["sliders"]] == ["Resolution", "Sigma"]
+    assert detail["blur_gaussian"]["sliders"][1]["value"] == 9.0
+    assert detail["threshold"]["sliders"][1] == {"name": "Binarization Threshold", "value": 127, "min": 0, "max": 255,
+                                                 "step": 1.0}
+    assert detail["binary"]["sliders"][1]["value"] == 0
+    assert detail["shuffle"]["sliders"] == [] and [s["name"] for s in detail["color"]["sliders"]] == ["Resolution"]
+    assert detail["recolor_luminance"]["sliders"] == [
+        {"name": "Gamma Correction", "value": 1.0, "min": 0.1, "max": 2.0, "step": 0.001}]
+    _, aliases = await call(client, "GET", "/controlnet/module_list?alias_names=true")
+    assert "t2ia_color_grid" in aliases["module_list"] and "color" not in aliases["module_list"]
+    _, types = await call(client, "GET", "/controlnet/control_types")
+    tile = types["control_types"]["Tile"]
+    assert tile["default_option"] == "tile_resample" and "blur_gaussian" in tile["module_list"]
+    assert types["control_types"]["Recolor"]["default_option"] == "recolor_luminance"
+
+
+async def test_a_tile_resample_unit_runs_the_tile_controlnet_on_the_shrunk_map(client):
+    status, plain = await call(client, "POST", "/sdapi/v1/txt2img", txt2img())
+    status, body = await call(client, "POST", "/sdapi/v1/txt2img", with_units(
+        unit(module="tile_resample", threshold_a=2.0, resize_mode="Just Resize")))
+    assert status == 200 and len(body["images"]) == 2
+    shrunk = cv2.resize(np.asarray(shapes()), (SIZE // 2, SIZE // 2), interpolation=cv2.INTER_AREA)
+    expected = np.asarray(Image.fromarray(shrunk).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+    assert np.array_equal(pixels(decode(body["images"][1])), expected)  # shrunk, then fitted to the output
+    assert np.abs(pixels(decode(body["images"][0])) - pixels(decode(plain["images"][0]))).mean() > 1
+    job = await _last_job(client)
+    assert job["request"]["controls"][0]["type"] == "tile"
+    assert "Module: tile_resample" in info(body)["infotexts"][0] and "Threshold A: 2.0" in info(body)["infotexts"][0]
+
+
+async def test_tile_upscale_img2img_takes_the_init_image_as_the_tile_input(client):
+    """The "ControlNet tile upscale" workflow: img2img to twice the size, the unit without an image."""
+    init = gradient()
+    payload = txt2img(init_images=[png_b64(init)], denoising_strength=0.6, width=2 * SIZE, height=2 * SIZE,
+                      alwayson_scripts={"controlnet": {"args": [unit(image="", module="tile_resample", threshold_a=1.0)]}})
+    status, body = await call(client, "POST", "/sdapi/v1/img2img", payload)
+    assert status == 200 and len(body["images"]) == 2
+    assert decode(body["images"][0]).size == (2 * SIZE, 2 * SIZE)
+    expected = np.asarray(init.resize((2 * SIZE, 2 * SIZE), Image.Resampling.LANCZOS))  # rate 1: the image itself
+    assert np.array_equal(pixels(decode(body["images"][1])), expected)
+
+
+async def test_shuffle_units_draw_from_the_calls_seed(client):
+    async def detected(seed):
+        _, body = await call(client, "POST", "/sdapi/v1/txt2img", with_units(unit(module="shuffle"), seed=seed))
+        return pixels(decode(body["images"][1]))
+
+    first = await detected(7)
+    assert np.array_equal(first, await detected(7)) and not np.array_equal(first, await detected(8))
+
+
+async def test_detect_runs_the_model_free_modules(client):
+    image = shapes()
+
+    async def detect(module, **fields):
+        status, body = await call(client, "POST", "/controlnet/detect", {
+            "controlnet_module": module, "controlnet_input_images": [png_b64(image)], **fields})
+        assert status == 200 and body["info"] == "Success", body
+        return pixels(decode(body["images"][0]))
+
+    tile = await detect("tile_resample", controlnet_threshold_a=4)
+    assert tile.shape == (SIZE // 4, SIZE // 4, 3)  # the extension's tile_resample returns the smaller image
+    assert np.array_equal(tile, cv2.resize(np.asarray(image), (16, 16), interpolation=cv2.INTER_AREA))
+    assert (await detect("tile_resample", controlnet_threshold_a=99)).shape == (SIZE, SIZE, 3)  # out of range: 1
+    binary = await detect("binary", controlnet_processor_res=64, controlnet_threshold_a=100)
+    expected = np.where(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY) <= 100, 255, 0)
+    assert np.array_equal(binary[..., 0], expected)
+    blur = await detect("blur_gaussian", controlnet_processor_res=64, controlnet_threshold_a=2.5)
+    assert np.array_equal(blur, cv2.GaussianBlur(np.asarray(image), (0, 0), 2.5))
+    grey = await detect("recolor_intensity")
+    assert grey.shape == (SIZE, SIZE, 3) and np.array_equal(grey[..., 0], np.asarray(image).max(axis=2))
+    grid = await detect("t2ia_color_grid", controlnet_processor_res=128)
+    assert grid.shape == (128, 128, 3) and len(np.unique(grid.reshape(-1, 3), axis=0)) <= 4  # 2 x 2 cells
+    assert np.array_equal(await detect("shuffle"), await detect("shuffle"))  # no seed in a detect call: seed 0

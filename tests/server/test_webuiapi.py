@@ -191,3 +191,27 @@ def test_controlnet_units_detect_and_lists(api):
     with pytest.raises(RuntimeError):
         api.txt2img(prompt="x", width=SIZE, height=SIZE, controlnet_units=[
             webuiapi.ControlNetUnit(image=picture, module="openpose_full", model=controlnet)])
+
+
+def test_controlnet_tile_upscale_through_webuiapi(api):
+    """The common "ControlNet tile upscale": img2img at twice the size with a tile_resample unit
+    and no unit image (the init image is the tile input), as webuiapi scripts send it."""
+    controlnet = next(m for m in api.controlnet_model_list() if m.startswith("tiny-controlnet ["))
+    init = gradient()
+    tile = webuiapi.ControlNetUnit(module="tile_resample", model=controlnet, threshold_a=2.0, resize_mode="Just Resize")
+    # A fresh `alwayson_scripts` each call: webuiapi's default dict keeps the previous call's units.
+    plain = api.img2img(images=[init], prompt="sharp detail", seed=3, width=2 * SIZE, height=2 * SIZE,
+                        denoising_strength=0.5, cfg_scale=1.0, alwayson_scripts={})
+    assert len(plain.images) == 1
+    result = api.img2img(images=[init], prompt="sharp detail", seed=3, width=2 * SIZE, height=2 * SIZE,
+                         denoising_strength=0.5, cfg_scale=1.0, controlnet_units=[tile], alwayson_scripts={})
+    assert len(result.images) == 2 and result.image.size == (2 * SIZE, 2 * SIZE)
+    # The init image at the output size (as img2img resizes it), shrunk by 2, fitted to the output again.
+    resized = np.asarray(init.resize((2 * SIZE, 2 * SIZE), Image.Resampling.LANCZOS))
+    shrunk = cv2.resize(resized, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    expected = np.asarray(Image.fromarray(shrunk).resize((2 * SIZE, 2 * SIZE), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(result.images[1].convert("RGB")), expected)
+    assert not np.array_equal(pixels(result.image), pixels(plain.image))  # the tile ControlNet took part
+    assert 'ControlNet 0: "Module: tile_resample' in result.info["infotexts"][0]
+    detected = api.controlnet_detect([init], module="tile_resample", threshold_a=4.0)
+    assert detected.image.size == (SIZE // 4, SIZE // 4)

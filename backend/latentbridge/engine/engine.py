@@ -235,13 +235,14 @@ class Engine:
             self.load()
         model = self._model
         self._check_supported(model, request)
+        # The seed is chosen first: seeded preprocessors (shuffle) draw from it too.
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
         control_run = self._control_run(model, request, inputs)
         reference_run = reference.resolve(self._references, model, request, inputs)
         self._live.evict()  # a live session's LoRAs must not colour a job
         accel = self.accel or Accel(model, self.settings)
 
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        request = request.model_copy(update={"seed": seed, "model": request.model or model.name})
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
         tile_vae = self._tile_vae(model, request)
         # On CPU each image of a batch is its own call: batched arithmetic rounds differently, and
@@ -338,7 +339,8 @@ class Engine:
                                    field=f"controls.{i}")
             maps.append(preprocess.preprocess(unit.preprocessor, image, options=unit.preprocessor_options,
                                               estimators=self._estimators, field=f"controls.{i}.preprocessor",
-                                              options_field=f"controls.{i}.preprocessor_options"))
+                                              options_field=f"controls.{i}.preprocessor_options",
+                                              seed=request.seed))
         return control.resolve(self._controlnets, request.controls, maps, model, request.mode)
 
     # ---------------------------------------------------------------- upscaling and extras

@@ -2,14 +2,17 @@
 
 One entry point, `preprocess(name, image, options=..., estimators=...)`, and a registry,
 `PREPROCESSORS` (name → description, options model, whether it needs a depth estimator), that the
-server lists among its capabilities. Every preprocessor returns an RGB image of the input's size.
+server lists among its capabilities. Every preprocessor returns an RGB image of the input's size,
+except `tile_resample`, which returns the down-sampled image (the engine fits every map to the
+generation size, control.py's `_fit`).
 
 Edge and line maps are OpenCV operations, written as sd-webui-controlnet writes them (the
 maps the ControlNet 1.1 models were trained on come from those annotators): white lines on black.
 `depth` runs a transformers depth-estimation model (engine/estimators.py); `normal` derives
 surface normals from that depth with OpenCV's Sobel gradients, as sd-webui-controlnet's
 normal_midas does, and writes them in the colour convention of ControlNet 1.1's normal model
-(see `encode_normals`). docs/preprocessors.md lists the conventions and their sources.
+(see `encode_normals`). The model-free filters (tile, blur, threshold, binary, colour grid, shuffle,
+recolor) live in preprocess_filters.py. docs/preprocessors.md lists the conventions and their sources.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..protocol import BadImage, InvalidRequest, Unsupported, error_from_validation
+from . import preprocess_filters as filters
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -173,6 +177,13 @@ def _disparity(image: Image.Image, estimators: "EstimatorCache | None", field: s
     return estimators.get(field=field, what=what).disparity(_flatten_image(image), field=field)
 
 
+def _filter(function: Callable[[np.ndarray, Any], np.ndarray]) -> Callable[..., np.ndarray]:
+    """A model-free filter of preprocess_filters.py as a preprocessor (on the flattened RGB pixels)."""
+    def run(image: Image.Image, options: BaseModel, estimators, field: str) -> np.ndarray:
+        return function(_flatten(image), options)
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 
@@ -206,6 +217,25 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("normal", "Surface normals from the estimated depth's gradients (as sd-webui-controlnet's "
                  "normal_midas), in ControlNet 1.1's normal colours (blue = facing the viewer, red = left, "
                  "green = up): for normal ControlNets.", NormalOptions, True, _normal),
+    Preprocessor("tile_resample", "The image, shrunk by `down_sampling_rate` (area average): for tile ControlNets "
+                 "(detail and upscaling); the map comes back smaller and is fitted to the generation size.",
+                 filters.TileResampleOptions, False, _filter(filters.tile_resample)),
+    Preprocessor("blur_gaussian", "The image blurred with a Gaussian of `sigma` pixels: for tile / blur ControlNets.",
+                 filters.BlurOptions, False, _filter(filters.blur_gaussian)),
+    Preprocessor("threshold", "White where the darkest channel is above `threshold`, black elsewhere.",
+                 filters.ThresholdOptions, False, _filter(filters.threshold)),
+    Preprocessor("binary", "Dark parts white, light parts black, cut at `threshold` on the grey image (0: Otsu's "
+                 "threshold): a drawing's strokes as white lines, for scribble ControlNets.",
+                 filters.BinaryOptions, False, _filter(filters.binary)),
+    Preprocessor("color_grid", "A grid of the image's average colours (cells of `cell` pixels): for the T2I colour "
+                 "adapter and colour-guiding ControlNets.", filters.ColorGridOptions, False, _filter(filters.color_grid)),
+    Preprocessor("shuffle", "The image's content shuffled by a smooth random warp (seeded: `seed`, else the "
+                 "generation's seed): for the shuffle ControlNet.", filters.ShuffleOptions, False,
+                 _filter(filters.shuffle)),
+    Preprocessor("recolor_luminance", "Grey image of the lightness (CIE L*), gamma-corrected: for recolor "
+                 "ControlNets.", filters.RecolorOptions, False, _filter(filters.recolor_luminance)),
+    Preprocessor("recolor_intensity", "Grey image of the HSV value (brightest channel), gamma-corrected: for recolor "
+                 "ControlNets.", filters.RecolorOptions, False, _filter(filters.recolor_intensity)),
 )}
 
 
@@ -247,13 +277,17 @@ def parse_options(name: str, options: Mapping[str, Any] | BaseModel | None = Non
 
 def preprocess(name: str, image: Image.Image, *, options: Mapping[str, Any] | BaseModel | None = None,
                estimators: "EstimatorCache | None" = None, field: str = "preprocessor",
-               options_field: str | None = None) -> Image.Image:
-    """Run preprocessor `name` on `image`; an RGB image of the same size comes back.
+               options_field: str | None = None, seed: int | None = None) -> Image.Image:
+    """Run preprocessor `name` on `image`; an RGB image of the same size comes back (tile_resample:
+    the down-sampled image).
 
-    `estimators` is needed by `depth` and `normal` only. Errors are typed LatentBridgeErrors naming
+    `estimators` is needed by `depth` and `normal` only; `seed` (the generation's) by the random
+    ones (`shuffle`) when their options name none. Errors are typed LatentBridgeErrors naming
     `field` (unknown name, no or failed depth estimator, bad image) or `options_field` (options)."""
     preprocessor = lookup(name, field=field)
     parsed = parse_options(name, options, field=field, options_field=options_field)
+    if "seed" in type(parsed).model_fields and parsed.seed is None and seed is not None:
+        parsed = parsed.model_copy(update={"seed": seed})
     image = _checked(image, field)
     result = preprocessor.run(image, parsed, estimators, field)
     if result.ndim == 2:

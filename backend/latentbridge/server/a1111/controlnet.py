@@ -112,14 +112,15 @@ class ControlNetPlan:
             exc.field = self._reference_unit.field + (".model" if rest == "model" else "")
         return exc
 
-    async def make_maps(self, request: web.Request, width: int, height: int) -> None:
-        """Each ControlNet unit's map at the output size, through the engine's preprocessors."""
+    async def make_maps(self, request: web.Request, width: int, height: int, seed: int | None = None) -> None:
+        """Each ControlNet unit's map at the output size, through the engine's preprocessors
+        (`seed`: the call's, for the random modules)."""
         if not self._map_units:
             return
         app = request.app
 
         def work() -> list[Image.Image]:
-            return [unit_map(engine(app).preprocess, unit, width, height) for unit in self._map_units]
+            return [unit_map(engine(app).preprocess, unit, width, height, seed) for unit in self._map_units]
 
         if any(unit.module.needs_estimator for unit in self._map_units):
             maps = await while_connected(request, jobs(app).run_exclusive(work), lambda: None)
@@ -129,15 +130,17 @@ class ControlNetPlan:
         self.maps = [image for unit, image in zip(self._map_units, maps) if unit.save_detected_map]
 
 
-def unit_map(preprocess: Callable[..., Image.Image], unit: A1111Unit, width: int, height: int) -> Image.Image:
+def unit_map(preprocess: Callable[..., Image.Image], unit: A1111Unit, width: int, height: int,
+             seed: int | None = None) -> Image.Image:
     """The extension's order: the input at the processor resolution (or pixel-perfect), the module,
-    then the map fitted to the output size by the unit's resize mode. Blocking."""
+    then the map (of any size: tile_resample shrinks it) fitted to the output size by the unit's
+    resize mode. Blocking."""
     image = unit.images[0]
     if unit.module.resolution:
         resolution = pixel_perfect_resolution(image, width, height, unit.resize_mode) if unit.pixel_perfect \
             else unit.processor_res
         image = at_resolution(image, resolution)
-    detected = preprocess(unit.module.preprocessor, image, unit.options(), field=f"{unit.field}.module",
+    detected = preprocess(unit.module.preprocessor, image, unit.options(seed), field=f"{unit.field}.module",
                           options_field=f"{unit.field}.threshold_a")
     return fit_map(detected, width, height, unit.resize_mode, nearest=unit.type is ControlType.segmentation)
 
@@ -195,9 +198,13 @@ async def control_types(request: web.Request) -> web.Response:
     return json_response({"control_types": body})
 
 
-_TYPE_TAGS = {"canny": "Canny", "depth": "Depth", "normal": "NormalMap", "lineart": "Lineart", "scribble": "Scribble"}
+_TYPE_TAGS = {"canny": "Canny", "depth": "Depth", "normal": "NormalMap", "lineart": "Lineart", "scribble": "Scribble",
+              "tile": "Tile"}
+# The extension's model filters: a tag's words (and aliases) in a model's file name.
 _TAG_HINTS = {"Canny": ("canny",), "Depth": ("depth",), "NormalMap": ("normal",), "Lineart": ("lineart",),
-              "Scribble": ("scribble", "sketch"), "MLSD": ("mlsd",), "IP-Adapter": ("ip-adapter", "ip_adapter")}
+              "Scribble": ("scribble", "sketch"), "MLSD": ("mlsd",), "IP-Adapter": ("ip-adapter", "ip_adapter"),
+              "Tile": ("tile",), "Blur": ("blur",), "Recolor": ("recolor",), "Shuffle": ("shuffle",),
+              "T2I-Adapter": ("t2i-adapter", "t2i_adapter", "t2iadapter", "t2ia")}
 
 
 def _name_fits(name: str, tag: str) -> bool:
@@ -248,7 +255,7 @@ async def detect(request: web.Request) -> web.Response:
               for i, data in enumerate(sources)]
     resolution, threshold_a, threshold_b = module.bounded(payload.controlnet_processor_res, payload.controlnet_threshold_a,
                                                           payload.controlnet_threshold_b)
-    options = module.options(threshold_a, threshold_b)
+    options = module.options(threshold_a, threshold_b)  # no seed here: shuffle draws from its default, 0
     output = effective(app)
 
     def work() -> list[str]:

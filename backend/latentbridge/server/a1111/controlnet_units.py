@@ -65,6 +65,7 @@ class Module:
     slider_1: Slider | None = None
     slider_2: Slider | None = None
     needs_estimator: bool = False
+    seeded: bool = False  # random (shuffle): the map is drawn from the call's seed
 
     @property
     def reference(self) -> bool:
@@ -82,6 +83,13 @@ class Module:
             values["low"], values["high"] = sorted((int(values["low"]), int(values["high"])))
         if "threshold" in values:
             values["threshold"] = int(values["threshold"])
+        return values
+
+    def unit_options(self, threshold_a: float, threshold_b: float, seed: int | None) -> dict[str, float]:
+        """`options` plus the seed a seeded module draws from (none: its default, 0)."""
+        values = self.options(threshold_a, threshold_b)
+        if self.seeded and seed is not None:
+            values["seed"] = seed
         return values
 
     def bounded(self, processor_res: float, threshold_a: float, threshold_b: float) -> tuple[int, float, float]:
@@ -114,6 +122,20 @@ MODULES: tuple[Module, ...] = (
     _depth("depth", "depth_midas"), _depth("depth_anything"), _depth("depth_anything_v2"), _depth("depth_zoe"),
     Module("normal_map", "normal_midas", "normal", ControlType.normal, ("NormalMap",), needs_estimator=True,
            slider_1=Slider("Normal Background Threshold", 0.0, 1.0, 0.4, 0.01, option="background_threshold")),
+    # The model-free filters (the extension's legacy preprocessor table: names, labels, sliders, tags).
+    Module("tile_resample", "tile_resample", "tile_resample", ControlType.tile, ("Tile", "Blur"), resolution=False,
+           slider_1=Slider("Down Sampling Rate", 1.0, 8.0, 1.0, 0.01, option="down_sampling_rate")),
+    Module("blur_gaussian", "blur_gaussian", "blur_gaussian", ControlType.tile, ("Tile", "Blur"),
+           slider_1=Slider("Sigma", 0.01, 64.0, 9.0, 0.01, option="sigma")),
+    Module("threshold", "threshold", "threshold", None, (),
+           slider_1=Slider("Binarization Threshold", 0, 255, 127, option="threshold")),
+    Module("binary", "binary", "binary", None, (), slider_1=Slider("Binary threshold", 0, 255, 0, option="threshold")),
+    Module("color", "t2ia_color_grid", "color_grid", None, ("T2I-Adapter",)),
+    Module("shuffle", "shuffle", "shuffle", None, ("Shuffle",), resolution=False, seeded=True),
+    Module("recolor_luminance", "recolor_luminance", "recolor_luminance", None, ("Recolor",), resolution=False,
+           slider_1=Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001, option="gamma")),
+    Module("recolor_intensity", "recolor_intensity", "recolor_intensity", None, ("Recolor",), resolution=False,
+           slider_1=Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001, option="gamma")),
     _ip_adapter("ip-adapter_clip_sd15", "ip-adapter_clip_h"), _ip_adapter("ip-adapter_clip_sdxl", "ip-adapter_clip_g"),
     _ip_adapter("ip-adapter_clip_sdxl_plus_vith"), _ip_adapter("ip-adapter-auto"),
 )
@@ -209,8 +231,8 @@ class A1111Unit:
     images: list[Image.Image] = field(default_factory=list)
     save_detected_map: bool = True
 
-    def options(self) -> dict[str, float]:
-        return self.module.options(self.threshold_a, self.threshold_b)
+    def options(self, seed: int | None = None) -> dict[str, float]:
+        return self.module.unit_options(self.threshold_a, self.threshold_b, seed)
 
     def infotext(self) -> str:
         """The extension's `ControlNet <i>` infotext value."""

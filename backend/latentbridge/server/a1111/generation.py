@@ -180,7 +180,7 @@ async def _generate(request: web.Request, kind: str) -> web.Response:
     plan = await asyncio.to_thread(build_plan, kind, data, ctx)
     try:
         if plan.controlnet is not None:
-            await plan.controlnet.make_maps(request, plan.request.width, plan.request.height)
+            await plan.controlnet.make_maps(request, plan.request.width, plan.request.height, plan.request.seed)
         outcome = await run_plan(request, plan)
     except LatentBridgeError as exc:
         raise plan.controlnet.rename(exc) if plan.controlnet is not None else exc
