@@ -70,6 +70,23 @@ def test_control_changes_the_image_in_every_mode_reproducibly(request, fixture, 
         assert np.array_equal(_run(engine, [unit], **fields), controlled), (fixture, fields)  # bit-identical
 
 
+@pytest.mark.parametrize("fixture, unit", [
+    ("engine", {"type": "depth"}),
+    ("sdxl_engine", {"type": "depth"}),
+    ("sdxl_engine", {"type": "normal", "model": "tiny-controlnet-union-sdxl"}),
+    ("flux_engine", {"type": "canny"}),
+    ("sd3_engine", {"type": "depth"}),
+])
+def test_the_map_itself_steers_the_image(request, fixture, unit):
+    """Not only the ControlNet's presence: two different maps give two different images (the
+    built-in ControlNets see their image, tiny_control.py)."""
+    engine = request.getfixturevalue(fixture)
+    first = _run(engine, [unit], images={"control.0": _map(1)})
+    second = _run(engine, [unit], images={"control.0": _map(2)})
+    black = _run(engine, [unit], images={"control.0": Image.new("RGB", (64, 64))})
+    assert np.abs(first - second).max() > 8 and np.abs(first - black).max() > 8, fixture
+
+
 @pytest.mark.parametrize("fixture, model", [("engine", None), ("sdxl_engine", None),
                                             ("sdxl_engine", "tiny-controlnet-union-sdxl"), ("flux_engine", None),
                                             ("sd3_engine", None)])

@@ -282,10 +282,23 @@ def sample(run: _Run, kind: str, width: int, height: int, step: Pass | None = No
     run.check_cancel()
     with text_model_alias(pipe if request.clip_skip > 1 and run.prompt_embeds is None else None), \
             run.control.hooks(len(run.seeds)) if run.control is not None else contextlib.nullcontext(), \
-            applied_reference(run.reference, pipe) as reference_kwargs:
+            applied_reference(run.reference, pipe) as reference_kwargs, seeded_global_rng(pipe, run.seeds[0]):
         latents = pipe(output_type="latent", **kwargs, **reference_kwargs).images
     run.steps_done += seen_total[0]
     return _nchw_latents(pipe, latents, work_w, work_h)
+
+
+@contextmanager
+def seeded_global_rng(pipe, seed: int):
+    """Torch's global RNG seeded from the request for one pipeline call, then restored. Pipelines
+    that draw without our generators (diffusers' SD3 ControlNet pipelines sample the control
+    image's latents with a bare `latent_dist.sample()`) would otherwise make the same request
+    give a different image each time."""
+    device = getattr(pipe, "device", None)
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 @contextmanager

@@ -1,9 +1,11 @@
 """Built-in random ControlNets that fit the built-in tiny models, made in code with no download.
 
 Each is derived from its family's tiny denoiser with diffusers' own `from_unet` /
-`from_transformer`, so its shapes match the model exactly. A fresh ControlNet's output layers
-("zero convolutions") start at zero, which would make it a no-op; here they get seeded random
-weights, so a control image really changes the picture (what the tests need to see).
+`from_transformer`, so its shapes match the model exactly. A fresh ControlNet's zero layers (the
+output "zero convolutions", and the last layer of the embedding the control image enters by)
+start at zero, which would make it a no-op or blind to its image; here they get seeded random
+weights, so the control image itself changes the picture (what the tests need to see: a black map
+and a noise map give different images).
 
 - `tiny-controlnet`             SD1 (`tiny`, `tiny-inpaint`, `random-mid` has its own size: not served)
 - `tiny-controlnet-sdxl`        SDXL (`tiny-sdxl`)
@@ -56,12 +58,14 @@ def build_controlnet(name: str):
         if name == "tiny-controlnet-sd3":
             net = SD3ControlNetModel.from_transformer(base.transformer, num_layers=1, num_extra_conditioning_channels=0)
             outputs = list(net.controlnet_blocks)
+            _map_layer(net.pos_embed_input.proj)
         elif name == "tiny-controlnet-flux":
             config = base.transformer.config
             net = FluxControlNetModel.from_transformer(
                 base.transformer, num_layers=1, num_single_layers=1, attention_head_dim=config.attention_head_dim,
                 num_attention_heads=config.num_attention_heads)
             outputs = list(net.controlnet_blocks) + list(net.controlnet_single_blocks)
+            _map_layer(net.controlnet_x_embedder)
         elif "union" in name:
             # from_unet keeps the Union's own 320-wide control-type transformer: fit it to the UNet.
             width = base.unet.config.block_out_channels[0]
@@ -70,12 +74,34 @@ def build_controlnet(name: str):
             config.update(num_trans_channel=width, num_proj_channel=width, num_trans_head=2, num_control_type=8)
             net = ControlNetUnionModel.from_config(config)
             outputs = list(net.controlnet_down_blocks) + [net.controlnet_mid_block, net.spatial_ch_projs]
+            _map_embedding(net.controlnet_cond_embedding)
         else:
             net = ControlNetModel.from_unet(base.unet)
             outputs = list(net.controlnet_down_blocks) + [net.controlnet_mid_block]
+            _map_embedding(net.controlnet_cond_embedding)
         for layer in outputs:
             torch.nn.init.normal_(layer.weight, std=0.5)
             if layer.bias is not None:
                 torch.nn.init.normal_(layer.bias, std=0.05)
     net.eval()
     return net
+
+
+def _map_layer(layer) -> None:
+    """The transformer ControlNets' image embedding: one zero layer, given seeded random weights."""
+    torch.nn.init.normal_(layer.weight, std=0.2)
+    if layer.bias is not None:
+        torch.nn.init.normal_(layer.bias, std=0.02)
+
+
+def _map_embedding(embedding) -> None:
+    """The UNet ControlNets' image embedding (eight small convolutions): with PyTorch's default
+    initialisation the image's signal fades to nothing across them and the ControlNet is blind to
+    its map. He initialisation keeps it, and the last layer is scaled to give features a few times
+    the size of the latents' own, so the map shows in the picture; a black map embeds to zero, as
+    with a trained ControlNet."""
+    for layer in embedding.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(layer.bias)
+    torch.nn.init.normal_(embedding.conv_out.weight, std=4 * embedding.conv_out.weight[0].numel() ** -0.5)
