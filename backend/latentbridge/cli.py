@@ -64,6 +64,7 @@ ENGINE_SETTINGS = [
     "controlnet_models",
     "ip_adapter",
     "depth_estimator",
+    "segmentation_estimator",
     "taesd",
     "offline",
     "max_pixels",

@@ -55,6 +55,10 @@ class Settings(BaseModel):
                                         "a transformers depth-estimation hub id (e.g. "
                                         "depth-anything/Depth-Anything-V2-Small-hf), a local folder, or `tiny-depth` "
                                         "(random, for tests); unset: those preprocessors are off")
+    segmentation_estimator: str | None = Field(None, description="Semantic-segmentation estimator for the "
+                                               "segmentation preprocessor (ADE20K colours): a transformers hub id "
+                                               "(e.g. openmmlab/upernet-convnext-small), a local folder, or "
+                                               "`tiny-segmentation` (random, for tests); unset: that preprocessor is off")
     upscaler_dirs: list[Path] = Field(default_factory=list,
                                       description="Folders of upscaler models (ESRGAN, SwinIR, HAT, ... as .safetensors)")
     embedding_dirs: list[Path] = Field(default_factory=list,

@@ -33,7 +33,9 @@ FACING = (128, 128, 255)  # the normal colour of a surface facing the viewer
 
 @pytest.fixture(scope="module")
 def estimators() -> EstimatorCache:
-    return EstimatorCache(Settings(depth_estimator="tiny-depth"))
+    """Both kinds: the tests that run every preprocessor run `segmentation` too (its own tests are in
+    test_preprocess_segmentation.py)."""
+    return EstimatorCache(Settings(depth_estimator="tiny-depth", segmentation_estimator="tiny-segmentation"))
 
 
 @pytest.fixture(scope="module")

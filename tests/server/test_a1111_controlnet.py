@@ -249,6 +249,31 @@ async def test_depth_modules_run_the_servers_depth_estimator(make_client, tiny_e
     assert 'Module: normal_map' in info(gen)["infotexts"][0] and "Threshold A: 0.2" in info(gen)["infotexts"][0]
 
 
+async def test_segmentation_modules_run_the_servers_segmentation_estimator(make_client, tiny_engine, monkeypatch):
+    from latentbridge.engine import ade20k
+
+    _, plain = await call(await make_client(), "GET", "/controlnet/module_list")
+    assert "seg_ofade20k" not in plain["module_list"]  # no estimator: not offered
+    monkeypatch.setattr(tiny_engine.settings, "segmentation_estimator", "tiny-segmentation")
+    client = await make_client(segmentation_estimator="tiny-segmentation")
+    _, modules = await call(client, "GET", "/controlnet/module_list")
+    assert {"seg_ofade20k", "seg_ufade20k"} <= set(modules["module_list"])
+    assert modules["module_detail"]["seg_ofade20k"]["sliders"] == []  # as the extension: no resolution slider
+    assert [s["name"] for s in modules["module_detail"]["seg_ufade20k"]["sliders"]] == ["Resolution"]
+    _, types = await call(client, "GET", "/controlnet/control_types")
+    assert types["control_types"]["Segmentation"]["default_option"] == "seg_ofade20k"
+    status, body = await call(client, "POST", "/controlnet/detect", {
+        "controlnet_module": "seg_ufade20k", "controlnet_input_images": [png_b64(shapes())],
+        "controlnet_processor_res": 64})
+    assert status == 200
+    seg = pixels(decode(body["images"][0]))
+    palette = {tuple(c) for c in ade20k.PALETTE[1:]}
+    assert seg.shape == (SIZE, SIZE, 3) and {tuple(c) for c in seg.reshape(-1, 3)} <= palette  # ADE20K colours only
+    status, gen = await call(client, "POST", "/sdapi/v1/txt2img", with_units(unit(module="seg_ofade20k")))
+    assert status == 200 and len(gen["images"]) == 2
+    assert "Module: seg_ofade20k" in info(gen)["infotexts"][0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The model-free modules (tile, blur, threshold, binary, colour grid, shuffle, recolor)
 

@@ -1,7 +1,7 @@
 """Preprocessors: turn a picture into the control map a ControlNet expects.
 
 One entry point, `preprocess(name, image, options=..., estimators=...)`, and a registry,
-`PREPROCESSORS` (name → description, options model, whether it needs a depth estimator), that the
+`PREPROCESSORS` (name → description, options model, the estimator it needs if any), that the
 server lists among its capabilities. Every preprocessor returns an RGB image of the input's size,
 except `tile_resample`, which returns the down-sampled image (the engine fits every map to the
 generation size, control.py's `_fit`).
@@ -11,7 +11,8 @@ maps the ControlNet 1.1 models were trained on come from those annotators): whit
 `depth` runs a transformers depth-estimation model (engine/estimators.py); `normal` derives
 surface normals from that depth with OpenCV's Sobel gradients, as sd-webui-controlnet's
 normal_midas does, and writes them in the colour convention of ControlNet 1.1's normal model
-(see `encode_normals`). The model-free filters (tile, blur, threshold, binary, colour grid, shuffle,
+(see `encode_normals`); `segmentation` runs a transformers semantic-segmentation model and
+colours its classes with the ADE20K palette (engine/ade20k.py). The model-free filters (tile, blur, threshold, binary, colour grid, shuffle,
 recolor) live in preprocess_filters.py. docs/preprocessors.md lists the conventions and their sources.
 """
 
@@ -177,6 +178,18 @@ def _disparity(image: Image.Image, estimators: "EstimatorCache | None", field: s
     return estimators.get(field=field, what=what).disparity(_flatten_image(image), field=field)
 
 
+def _segmentation(image: Image.Image, options: BaseModel, estimators: "EstimatorCache | None", field: str) -> np.ndarray:
+    from . import ade20k
+    from .estimators import SEGMENTATION
+
+    what = "the segmentation preprocessor"
+    if estimators is None:
+        raise Unsupported(f"{what} needs a segmentation estimator and none was given (--segmentation-estimator)",
+                          field=field)
+    segmenter = estimators.get(field=field, what=what, kind=SEGMENTATION)
+    return ade20k.colorize(segmenter.labels(_flatten_image(image), field=field))
+
+
 def _filter(function: Callable[[np.ndarray, Any], np.ndarray]) -> Callable[..., np.ndarray]:
     """A model-free filter of preprocess_filters.py as a preprocessor (on the flattened RGB pixels)."""
     def run(image: Image.Image, options: BaseModel, estimators, field: str) -> np.ndarray:
@@ -188,54 +201,64 @@ def _filter(function: Callable[[np.ndarray, Any], np.ndarray]) -> Callable[..., 
 # Registry
 
 
+DEPTH, SEGMENTATION = "depth_estimator", "segmentation_estimator"  # the settings naming each estimator
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
     description: str
     options: type[BaseModel]
-    needs_estimator: bool
+    estimator: str | None  # the setting naming the estimator it runs (DEPTH, SEGMENTATION), None: model-free
     run: Callable[..., np.ndarray]
 
+    @property
+    def needs_estimator(self) -> bool:
+        return self.estimator is not None
+
     def describe(self) -> dict[str, Any]:
-        """For capabilities: name, description, whether it needs --depth-estimator, options schema."""
+        """For capabilities: name, description, the estimator setting it needs (if any), options schema."""
         return {"name": self.name, "description": self.description, "needs_estimator": self.needs_estimator,
-                "options": self.options.model_json_schema()}
+                "estimator": self.estimator, "options": self.options.model_json_schema()}
 
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
-    Preprocessor("none", "The image as it is, as RGB: for images that already are control maps.", NoOptions, False, _none),
+    Preprocessor("none", "The image as it is, as RGB: for images that already are control maps.", NoOptions, None, _none),
     Preprocessor("invert", "Negative of the image: a black-on-white drawing becomes the white-on-black lines the "
-                 "line ControlNets (canny, lineart, scribble) expect.", NoOptions, False, _invert),
-    Preprocessor("canny", "Canny edges (OpenCV), white on black: for canny ControlNets.", CannyOptions, False, _canny),
+                 "line ControlNets (canny, lineart, scribble) expect.", NoOptions, None, _invert),
+    Preprocessor("canny", "Canny edges (OpenCV), white on black: for canny ControlNets.", CannyOptions, None, _canny),
     Preprocessor("scribble_xdog", "Model-free scribble (sd-webui-controlnet's scribble_xdog): thresholded difference "
-                 "of Gaussians, white strokes on black: for scribble ControlNets.", XdogOptions, False, _scribble_xdog),
+                 "of Gaussians, white strokes on black: for scribble ControlNets.", XdogOptions, None, _scribble_xdog),
     Preprocessor("lineart_standard", "Model-free line art (sd-webui-controlnet's lineart_standard, not its neural "
                  "lineart): dark lines of the image as white on black, for lineart ControlNets; best on drawings "
-                 "and renders with dark outlines.", NoOptions, False, _lineart_standard),
+                 "and renders with dark outlines.", NoOptions, None, _lineart_standard),
     Preprocessor("depth", "Monocular depth from the server's depth estimator (--depth-estimator): near = white, "
-                 "far = black, normalised over the image: for depth ControlNets.", NoOptions, True, _depth),
+                 "far = black, normalised over the image: for depth ControlNets.", NoOptions, DEPTH, _depth),
     Preprocessor("normal", "Surface normals from the estimated depth's gradients (as sd-webui-controlnet's "
                  "normal_midas), in ControlNet 1.1's normal colours (blue = facing the viewer, red = left, "
-                 "green = up): for normal ControlNets.", NormalOptions, True, _normal),
+                 "green = up): for normal ControlNets.", NormalOptions, DEPTH, _normal),
+    Preprocessor("segmentation", "Semantic segmentation from the server's segmentation estimator "
+                 "(--segmentation-estimator, an ADE20K model), each class in its ADE20K colour: for segmentation "
+                 "ControlNets.", NoOptions, SEGMENTATION, _segmentation),
     Preprocessor("tile_resample", "The image, shrunk by `down_sampling_rate` (area average): for tile ControlNets "
                  "(detail and upscaling); the map comes back smaller and is fitted to the generation size.",
-                 filters.TileResampleOptions, False, _filter(filters.tile_resample)),
+                 filters.TileResampleOptions, None, _filter(filters.tile_resample)),
     Preprocessor("blur_gaussian", "The image blurred with a Gaussian of `sigma` pixels: for tile / blur ControlNets.",
-                 filters.BlurOptions, False, _filter(filters.blur_gaussian)),
+                 filters.BlurOptions, None, _filter(filters.blur_gaussian)),
     Preprocessor("threshold", "White where the darkest channel is above `threshold`, black elsewhere.",
-                 filters.ThresholdOptions, False, _filter(filters.threshold)),
+                 filters.ThresholdOptions, None, _filter(filters.threshold)),
     Preprocessor("binary", "Dark parts white, light parts black, cut at `threshold` on the grey image (0: Otsu's "
                  "threshold): a drawing's strokes as white lines, for scribble ControlNets.",
-                 filters.BinaryOptions, False, _filter(filters.binary)),
+                 filters.BinaryOptions, None, _filter(filters.binary)),
     Preprocessor("color_grid", "A grid of the image's average colours (cells of `cell` pixels): for the T2I colour "
-                 "adapter and colour-guiding ControlNets.", filters.ColorGridOptions, False, _filter(filters.color_grid)),
+                 "adapter and colour-guiding ControlNets.", filters.ColorGridOptions, None, _filter(filters.color_grid)),
     Preprocessor("shuffle", "The image's content shuffled by a smooth random warp (seeded: `seed`, else the "
-                 "generation's seed): for the shuffle ControlNet.", filters.ShuffleOptions, False,
+                 "generation's seed): for the shuffle ControlNet.", filters.ShuffleOptions, None,
                  _filter(filters.shuffle)),
     Preprocessor("recolor_luminance", "Grey image of the lightness (CIE L*), gamma-corrected: for recolor "
-                 "ControlNets.", filters.RecolorOptions, False, _filter(filters.recolor_luminance)),
+                 "ControlNets.", filters.RecolorOptions, None, _filter(filters.recolor_luminance)),
     Preprocessor("recolor_intensity", "Grey image of the HSV value (brightest channel), gamma-corrected: for recolor "
-                 "ControlNets.", filters.RecolorOptions, False, _filter(filters.recolor_intensity)),
+                 "ControlNets.", filters.RecolorOptions, None, _filter(filters.recolor_intensity)),
 )}
 
 
@@ -244,8 +267,8 @@ def describe_all() -> list[dict[str, Any]]:
 
 
 def available(settings: "Settings") -> list[str]:
-    """The preprocessors this server can run: those that need a depth estimator only when one is set."""
-    return [p.name for p in PREPROCESSORS.values() if not p.needs_estimator or settings.depth_estimator]
+    """The preprocessors this server can run: those that need an estimator only when one is set."""
+    return [p.name for p in PREPROCESSORS.values() if p.estimator is None or getattr(settings, p.estimator)]
 
 
 def lookup(name: str, *, field: str = "preprocessor") -> Preprocessor:

@@ -1,4 +1,4 @@
-"""Built-in random depth estimators, made in code with no download: for tests and smoke runs.
+"""Built-in random estimators, made in code with no download: for tests and smoke runs.
 
 `tiny-depth` has the architecture of Depth Anything V2 (the estimator the docs recommend): a DINOv2
 backbone with a DPT neck and head, here 16 channels wide with 4 layers (~0.1 M parameters), and
@@ -8,6 +8,10 @@ every process builds the same estimator and gives the same depth map (on CPU). I
 nothing real: it exercises transformers' loading, processor, model and post-processing at a size
 the test suite can afford. `save` writes it as `save_pretrained` does, so tests load it back
 through the real folder-loading code.
+
+`tiny-segmentation` has the architecture of SegFormer (a hierarchical transformer encoder and an
+all-MLP decode head, two stages 8 and 16 channels wide, ~10 k parameters) with ADE20K's 150
+classes, and a SegFormer image processor at 64 px; seeded the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-BUILTIN_ESTIMATORS = ("tiny-depth",)
+BUILTIN_ESTIMATORS = ("tiny-depth", "tiny-segmentation")
 _SEED = 20240611
 _INPUT_SIZE = 112  # pixels the processor resizes to (8 x 8 patches of 14 px)
 
@@ -34,6 +38,8 @@ def build(name: str = "tiny-depth", *, depth_estimation_type: str = "relative"):
 
     if not is_builtin(name):
         raise ValueError(f"unknown built-in estimator {name!r}: one of {', '.join(BUILTIN_ESTIMATORS)}")
+    if name == "tiny-segmentation":
+        return _build_segmentation()
     backbone = Dinov2Config(
         hidden_size=16,
         num_hidden_layers=4,
@@ -87,9 +93,36 @@ def _processor():
     )
 
 
+ADE20K_CLASSES = 150
+_SEGMENTATION_SIZE = 64
+
+
+def _build_segmentation():
+    import transformers
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                             patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                             decoder_hidden_size=16, num_labels=ADE20K_CLASSES)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = SegformerForSemanticSegmentation(config)
+        for module in model.modules():  # PyTorch's initialisation: class maps that vary over the image
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    model.eval()
+    # transformers 5 names the PIL implementation SegformerImageProcessorPil; 4 has only SegformerImageProcessor.
+    cls = getattr(transformers, "SegformerImageProcessorPil", None) or transformers.SegformerImageProcessor
+    processor = cls(do_resize=True, size={"height": _SEGMENTATION_SIZE, "width": _SEGMENTATION_SIZE},
+                    do_rescale=True, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                    image_std=[0.229, 0.224, 0.225], do_reduce_labels=False)
+    return model, processor
+
+
 def save(folder: str | Path, name: str = "tiny-depth", *, depth_estimation_type: str = "relative") -> Path:
     """Write the built-in estimator as a transformers folder (config.json, model.safetensors,
-    preprocessor_config.json), loadable by AutoModelForDepthEstimation / AutoImageProcessor."""
+    preprocessor_config.json), loadable by AutoModelForDepthEstimation (tiny-depth) or
+    AutoModelForSemanticSegmentation (tiny-segmentation) and AutoImageProcessor."""
     folder = Path(folder)
     model, processor = build(name, depth_estimation_type=depth_estimation_type)
     model.save_pretrained(folder)

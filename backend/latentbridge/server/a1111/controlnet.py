@@ -58,7 +58,7 @@ async def unit_context(app: web.Application) -> UnitContext:
     items = await asyncio.to_thread(list_controlnets, cfg)
     models = await asyncio.to_thread(catalog, items, list(cfg.controlnet_dirs), cfg.ip_adapter)
     caps = engine(app).control_capabilities()
-    modules = available_modules("depth" in engine(app).preprocessor_names(), bool(caps.get("reference")))
+    modules = available_modules(set(engine(app).preprocessor_names()), bool(caps.get("reference")))
     return UnitContext(models, modules, cfg.max_pixels)
 
 
@@ -199,11 +199,11 @@ async def control_types(request: web.Request) -> web.Response:
 
 
 _TYPE_TAGS = {"canny": "Canny", "depth": "Depth", "normal": "NormalMap", "lineart": "Lineart", "scribble": "Scribble",
-              "tile": "Tile"}
+              "tile": "Tile", "segmentation": "Segmentation"}
 # The extension's model filters: a tag's words (and aliases) in a model's file name.
 _TAG_HINTS = {"Canny": ("canny",), "Depth": ("depth",), "NormalMap": ("normal",), "Lineart": ("lineart",),
               "Scribble": ("scribble", "sketch"), "MLSD": ("mlsd",), "IP-Adapter": ("ip-adapter", "ip_adapter"),
-              "Tile": ("tile",), "Blur": ("blur",), "Recolor": ("recolor",), "Shuffle": ("shuffle",),
+              "Segmentation": ("seg",), "Tile": ("tile",), "Blur": ("blur",), "Recolor": ("recolor",), "Shuffle": ("shuffle",),
               "T2I-Adapter": ("t2i-adapter", "t2i_adapter", "t2iadapter", "t2ia")}
 
 

@@ -64,12 +64,16 @@ class Module:
     resolution: bool = True  # runs at processor_res
     slider_1: Slider | None = None
     slider_2: Slider | None = None
-    needs_estimator: bool = False
+    estimator: str | None = None  # the serve flag of the estimator its preprocessor runs
     seeded: bool = False  # random (shuffle): the map is drawn from the call's seed
 
     @property
     def reference(self) -> bool:
         return self.preprocessor is None
+
+    @property
+    def needs_estimator(self) -> bool:  # its map is made on the engine's worker thread
+        return self.estimator is not None
 
     def sliders(self) -> list[Slider]:
         """The visible ones, as `module_detail` lists them."""
@@ -99,7 +103,12 @@ class Module:
 
 
 def _depth(name: str, label: str | None = None) -> Module:
-    return Module(name, label or name, "depth", ControlType.depth, ("Depth",), needs_estimator=True)
+    return Module(name, label or name, "depth", ControlType.depth, ("Depth",), estimator="--depth-estimator")
+
+
+def _segmentation(name: str, resolution: bool) -> Module:
+    return Module(name, name, "segmentation", ControlType.segmentation, ("Segmentation",), resolution=resolution,
+                  estimator="--segmentation-estimator")
 
 
 def _ip_adapter(name: str, label: str | None = None) -> Module:
@@ -120,8 +129,10 @@ MODULES: tuple[Module, ...] = (
            slider_1=Slider("XDoG Threshold", 1, 64, 32, option="threshold")),
     # Every depth module runs the server's depth estimator (--depth-estimator): near white, far black.
     _depth("depth", "depth_midas"), _depth("depth_anything"), _depth("depth_anything_v2"), _depth("depth_zoe"),
-    Module("normal_map", "normal_midas", "normal", ControlType.normal, ("NormalMap",), needs_estimator=True,
+    Module("normal_map", "normal_midas", "normal", ControlType.normal, ("NormalMap",), estimator="--depth-estimator",
            slider_1=Slider("Normal Background Threshold", 0.0, 1.0, 0.4, 0.01, option="background_threshold")),
+    # Both ADE20K modules run the server's segmentation estimator (--segmentation-estimator).
+    _segmentation("seg_ofade20k", resolution=False), _segmentation("seg_ufade20k", resolution=True),
     # The model-free filters (the extension's legacy preprocessor table: names, labels, sliders, tags).
     Module("tile_resample", "tile_resample", "tile_resample", ControlType.tile, ("Tile", "Blur"), resolution=False,
            slider_1=Slider("Down Sampling Rate", 1.0, 8.0, 1.0, 0.01, option="down_sampling_rate")),
@@ -163,8 +174,10 @@ _ALIASES = {"input_image": "image", "lowvram": "low_vram", "guidance": "guidance
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
 
 
-def available_modules(has_estimator: bool, has_reference: bool) -> list[Module]:
-    return [m for m in MODULES if (has_estimator or not m.needs_estimator) and (has_reference or not m.reference)]
+def available_modules(preprocessors: set[str] | list[str], has_reference: bool) -> list[Module]:
+    """The modules this server runs: those whose preprocessor it has (`preprocessors`: the
+    engine's available ones), IP-Adapter modules when it can take reference images."""
+    return [m for m in MODULES if (has_reference if m.reference else m.preprocessor in preprocessors)]
 
 
 def find_module(name: Any) -> Module | None:
@@ -315,7 +328,7 @@ def _read(values: dict[str, Any], prefix: str, ctx: UnitContext, init_image: Ima
     if module is None or module not in ctx.modules:
         raise A1111Error(f"module({module_text}) not found in supported modules.", status=422, field=f"{prefix}.module",
                          message=f"module {module_text!r} is not available here; GET /controlnet/module_list lists "
-                                 "the ones this server runs" + (" (depth and normal modules need --depth-estimator)"
+                                 "the ones this server runs" + (f" ({module_text} needs {module.estimator})"
                                                                 if module is not None and module.needs_estimator else ""))
     model_text = values.get("model", "None")
     if not isinstance(model_text, str) or not model_text.strip() or model_text.strip().lower() == "none":
