@@ -68,7 +68,7 @@ export class LiveSession implements AsyncIterable<LiveResult> {
   private pending: { number: number; bytes: Uint8Array } | null = null;
   private end: LatentBridgeError | null = null;
   private readonly items: Item[] = [];
-  private wake: (() => void) | null = null;
+  private readonly wakers = new Set<() => void>(); // every waiting nextResult / iteration
   private readonly listeners = new Set<(result: LiveResult) => void>();
 
   constructor(link: LiveLink, started: LiveStartedEvent) {
@@ -244,18 +244,20 @@ export class LiveSession implements AsyncIterable<LiveResult> {
 
   private push(item: Item): void {
     this.items.push(item);
-    const wake = this.wake;
-    this.wake = null;
-    wake?.();
+    const wakers = [...this.wakers];
+    this.wakers.clear();
+    for (const wake of wakers) wake();
   }
 
   private changed(timeoutMs: number | null): Promise<void> {
     return new Promise((resolve) => {
-      const timer = timeoutMs === null ? null : setTimeout(resolve, timeoutMs);
-      this.wake = () => {
+      const wake = () => {
         if (timer !== null) clearTimeout(timer);
+        this.wakers.delete(wake);
         resolve();
       };
+      const timer = timeoutMs === null ? null : setTimeout(wake, timeoutMs);
+      this.wakers.add(wake);
     });
   }
 

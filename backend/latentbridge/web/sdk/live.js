@@ -31,7 +31,7 @@ export class LiveSession {
     pending = null;
     end = null;
     items = [];
-    wake = null;
+    wakers = new Set(); // every waiting nextResult / iteration
     listeners = new Set();
     constructor(link, started) {
         this.link = link;
@@ -200,18 +200,21 @@ export class LiveSession {
     }
     push(item) {
         this.items.push(item);
-        const wake = this.wake;
-        this.wake = null;
-        wake?.();
+        const wakers = [...this.wakers];
+        this.wakers.clear();
+        for (const wake of wakers)
+            wake();
     }
     changed(timeoutMs) {
         return new Promise((resolve) => {
-            const timer = timeoutMs === null ? null : setTimeout(resolve, timeoutMs);
-            this.wake = () => {
+            const wake = () => {
                 if (timer !== null)
                     clearTimeout(timer);
+                this.wakers.delete(wake);
                 resolve();
             };
+            const timer = timeoutMs === null ? null : setTimeout(wake, timeoutMs);
+            this.wakers.add(wake);
         });
     }
     async encode(number, frame) {
