@@ -15,6 +15,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -237,16 +239,17 @@ class _Stop:
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> list[int]:
-    installed = []
+    """SIGTERM/SIGINT stop the server cleanly. asyncio has signal handlers only on Unix event
+    loops and only in the main thread; elsewhere (Windows, a server started from another thread)
+    none are installed and Ctrl-C keeps Python's default (KeyboardInterrupt)."""
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        return []
 
     def on_signal(sig: int) -> None:
         stop.reason = signal.Signals(sig).name
         stop.event.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
-            continue
-        installed.append(sig)
-    return installed
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    return signals
