@@ -70,6 +70,19 @@ def png_bytes(size=(64, 64), color=(40, 90, 160), mode="RGB") -> bytes:
     return out.getvalue()
 
 
+async def finished_status(client, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Poll `GET /api/v1/jobs/{id}` (an aiohttp test client) until the job left queued/running;
+    its last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(status)
+        await asyncio.sleep(0.02)
+
+
 def tiny_request(**overrides: Any) -> dict[str, Any]:
     # guidance 1 skips classifier-free guidance: half the UNet work, the same code paths otherwise.
     request = {"prompt": "bronze", "steps": 2, "width": 64, "height": 64, "seed": 7, "guidance": 1.0}

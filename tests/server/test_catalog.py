@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydantic import TypeAdapter
-from server_helpers import png_bytes, tiny_request
+from server_helpers import finished_status, png_bytes, tiny_request
 
 from latentbridge.protocol import ServerEvent
 from latentbridge.server.openapi import (  # re-exported from server.responses
@@ -32,12 +32,8 @@ async def _run(client, **request) -> str:
     resp = await client.post("/api/v1/jobs", json={"request": tiny_request(**request)})
     assert resp.status == 202, await resp.text()
     job_id = (await resp.json())["job_id"]
-    for _ in range(600):
-        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if status["state"] not in ("queued", "running"):
-            return job_id
-        await asyncio.sleep(0.05)
-    raise AssertionError("job did not finish")
+    await finished_status(client, job_id, timeout_s=30)
+    return job_id
 
 
 async def test_loras_lists_safetensors_files_of_every_lora_folder(make_client, tmp_path):

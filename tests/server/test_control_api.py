@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 from PIL import Image
-from server_helpers import png_bytes, tiny_request
+from server_helpers import finished_status, png_bytes, tiny_request
 
 from latentbridge import cli
 from latentbridge.client import AsyncClient
@@ -25,15 +25,6 @@ def _map_png(seed: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
-
-
-async def _done(client, job_id: str) -> dict:
-    for _ in range(1200):
-        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(status)
 
 
 async def test_capabilities_list_control(ws_connect):
@@ -62,7 +53,7 @@ async def test_websocket_upload_by_role_runs_the_units_and_stores_the_maps(ws_co
 
     plain = await client.post("/api/v1/jobs", json={"request": tiny_request()})
     plain_png = await (await client.get(f"/api/v1/jobs/{(await plain.json())['job_id']}/results/0")).read() \
-        if (await _done(client, (await plain.json())["job_id"]))["state"] == "done" else None
+        if (await finished_status(client, (await plain.json())["job_id"]))["state"] == "done" else None
     controlled_png = await (await client.get(f"/api/v1/jobs/{accepted.job_id}/results/0")).read()
     assert plain_png != controlled_png
 
@@ -83,7 +74,7 @@ async def test_rest_json_and_multipart_give_the_same_image(client):
     job_multipart = (await resp.json())["job_id"]
     results = []
     for job_id in (job_json, job_multipart):
-        assert (await _done(client, job_id))["state"] == "done"
+        assert (await finished_status(client, job_id))["state"] == "done"
         results.append(await (await client.get(f"/api/v1/jobs/{job_id}/results/0")).read())
     pixels = [np.asarray(Image.open(io.BytesIO(r))) for r in results]
     assert np.array_equal(pixels[0], pixels[1])
@@ -109,7 +100,7 @@ async def test_typed_errors_name_the_field(client, ws_connect):
     body = {"request": tiny_request(controls=[{"type": "canny", "preprocessor": "magic"}]),
             "images": {"control.0": base64.b64encode(DEPTH).decode()}}
     job_id = (await (await client.post("/api/v1/jobs", json=body)).json())["job_id"]
-    status = await _done(client, job_id)
+    status = await finished_status(client, job_id)
     assert status["state"] == "failed" and status["error"]["field"] == "controls.0.preprocessor"
 
 
@@ -119,7 +110,7 @@ async def test_preprocessor_turns_a_picture_into_the_map(client):
                                                "preprocessor_options": {"low": 50, "high": 100}}]),
             "images": {"control.0": base64.b64encode(photo).decode()}}
     job_id = (await (await client.post("/api/v1/jobs", json=body)).json())["job_id"]
-    assert (await _done(client, job_id))["state"] == "done"
+    assert (await finished_status(client, job_id))["state"] == "done"
 
 
 async def test_sdk_and_cli_send_control_units(client, tmp_path):

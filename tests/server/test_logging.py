@@ -8,18 +8,9 @@ import io
 import json
 import logging
 
-from server_helpers import tiny_request
+from server_helpers import finished_status, tiny_request
 
 from latentbridge import logs
-
-
-async def _finish(client, job_id: str) -> dict:
-    for _ in range(600):
-        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        await asyncio.sleep(0.02)
-    raise AssertionError(status)
 
 
 async def _job_lines(caplog, job_id: str, until: str) -> list[logging.LogRecord]:
@@ -37,7 +28,7 @@ async def test_one_line_per_job_event(client, caplog):
     caplog.set_level(logging.INFO, logger="latentbridge")
     resp = await client.post("/api/v1/jobs", json={"request": tiny_request()})
     job_id = (await resp.json())["job_id"]
-    await _finish(client, job_id)
+    await finished_status(client, job_id)
     lines = await _job_lines(caplog, job_id, until="done")
     assert [r.event for r in lines] == ["accepted", "started", "done"]
     accepted, started, done = (r.getMessage() for r in lines)
@@ -56,7 +47,7 @@ async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, c
                                                                                      "preprocessor": "magic"}]),
                                                    "images": {"control.0": _png_b64()}})
     failed = (await resp.json())["job_id"]
-    assert (await _finish(client, failed))["state"] == "failed"
+    assert (await finished_status(client, failed))["state"] == "failed"
     (message,) = [r.getMessage() for r in await _job_lines(caplog, failed, until="failed") if r.event == "failed"]
     assert "invalid_request" in message and "magic" in message
 
@@ -64,7 +55,7 @@ async def test_failed_and_cancelled_jobs_and_model_switches_are_logged(client, c
     queued = (await (await client.post("/api/v1/jobs", json={"request": tiny_request(steps=150)})).json())["job_id"]
     for job_id in (queued, long):
         assert (await (await client.post(f"/api/v1/jobs/{job_id}/cancel", json={})).json())["cancelled"]
-        assert (await _finish(client, job_id))["state"] == "cancelled"
+        assert (await finished_status(client, job_id))["state"] == "cancelled"
     for _ in range(100):
         cancelled = {r.job_id for r in caplog.records if getattr(r, "event", None) == "cancelled"}
         if cancelled == {queued, long}:

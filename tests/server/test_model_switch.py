@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from server_helpers import WsClient, tiny_request
+from server_helpers import WsClient, finished_status, tiny_request
 
 from latentbridge import cli
 from latentbridge.engine import Engine
@@ -80,11 +80,7 @@ async def _rest_image(client, **request) -> tuple[np.ndarray, dict]:
     resp = await client.post("/api/v1/jobs", json={"request": tiny_request(**request)})
     assert resp.status == 202, await resp.text()
     job_id = (await resp.json())["job_id"]
-    for _ in range(600):
-        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if status["state"] not in ("queued", "running"):
-            break
-        await asyncio.sleep(0.05)
+    status = await finished_status(client, job_id, timeout_s=30)
     assert status["state"] == "done", status
     png = await (await client.get(f"/api/v1/jobs/{job_id}/results/0")).read()
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), status

@@ -12,7 +12,7 @@ import json
 import aiohttp
 import numpy as np
 from PIL import Image
-from server_helpers import tiny_request as plain_request
+from server_helpers import finished_status, tiny_request as plain_request
 
 from latentbridge import cli
 from latentbridge.client import AsyncClient
@@ -40,20 +40,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def _done(client, job_id: str) -> dict:
-    for _ in range(1200):
-        status = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(status)
-
-
 async def _result(client, body: dict) -> bytes:
     resp = await client.post("/api/v1/jobs", json=body)
     assert resp.status == 202, await resp.text()
     job_id = (await resp.json())["job_id"]
-    assert (await _done(client, job_id))["state"] == "done"
+    assert (await finished_status(client, job_id))["state"] == "done"
     return await (await client.get(f"/api/v1/jobs/{job_id}/results/0")).read()
 
 
@@ -100,7 +91,7 @@ async def test_rest_json_and_multipart_give_the_same_image(client):
     resp = await client.post("/api/v1/jobs", data=form, headers={"X-LatentBridge-Client": "tests"})
     assert resp.status == 202, await resp.text()
     job_id = (await resp.json())["job_id"]
-    assert (await _done(client, job_id))["state"] == "done"
+    assert (await finished_status(client, job_id))["state"] == "done"
     from_multipart = await (await client.get(f"/api/v1/jobs/{job_id}/results/0")).read()
     assert np.array_equal(_pixels(from_json), _pixels(from_multipart))
     plain = await _result(client, {"request": tiny_request()})
@@ -129,7 +120,7 @@ async def test_typed_errors_name_the_field(client):
     body = {"request": tiny_request(reference={"images": 1, "model": "tiny-ip-adapter-sdxl"}),
             "images": {"reference.0": picture}}
     job_id = (await (await client.post("/api/v1/jobs", json=body)).json())["job_id"]
-    status = await _done(client, job_id)
+    status = await finished_status(client, job_id)
     assert status["state"] == "failed" and status["error"]["code"] == "unsupported"
     assert status["error"]["field"] == "reference.model"
 

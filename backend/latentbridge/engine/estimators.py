@@ -69,7 +69,6 @@ SEGMENTATION = EstimatorKind("segmentation estimator", "segmentation_estimator",
                              "post_process_semantic_segmentation", "tiny-segmentation",
                              "openmmlab/upernet-convnext-small")
 SETTING = DEPTH.setting  # the depth estimator's settings field, the default `field` of errors
-_HINT = DEPTH.hint
 # transformers depth models whose output is depth (larger = farther), not disparity. Depth
 # Anything says which in its config (`depth_estimation_type`); DPT/MiDaS output disparity.
 _METRIC_MODEL_TYPES = {"zoedepth", "glpn", "depth_pro"}
