@@ -128,27 +128,28 @@ class LiveSession:
     async def next_result(self, timeout: float | None = None) -> LiveResult:
         """The next result to arrive (TimeoutError after `timeout` s); LatentBridgeError once the
         session has stopped."""
-        item = await asyncio.wait_for(self._results.get(), timeout)
-        if isinstance(item, LiveResult):
-            return item
-        self._results.put_nowait(item)  # the end stays visible to every later call
+        item = await asyncio.wait_for(self._next(), timeout)
         if isinstance(item, LiveStoppedEvent):
             raise LatentBridgeError(f"live session {self.job_id} {item.reason}", code=ErrorCode.cancelled)
-        raise item
+        if isinstance(item, LatentBridgeError):
+            raise item
+        return item
 
     def __aiter__(self) -> AsyncIterator[LiveResult]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[LiveResult]:
-        while True:
-            item = await self._results.get()
-            if isinstance(item, LiveResult):
-                yield item
-                continue
+        while isinstance(item := await self._next(), LiveResult):
+            yield item
+        if isinstance(item, LatentBridgeError):
+            raise item
+
+    async def _next(self) -> LiveResult | LiveStoppedEvent | LatentBridgeError:
+        """The next result (taken), or the session's end (put back: every later call sees it)."""
+        item = await self._results.get()
+        if not isinstance(item, LiveResult):
             self._results.put_nowait(item)
-            if isinstance(item, LatentBridgeError):
-                raise item
-            return
+        return item
 
     async def update(self, request: GenerationRequest | None = None, live: LiveOptions | None = None) -> LiveUpdatedEvent:
         """New settings without a restart; the server renders the last frame again with them.

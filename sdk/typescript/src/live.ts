@@ -109,33 +109,31 @@ export class LiveSession implements AsyncIterable<LiveResult> {
 
   /** The next result to arrive; rejects with `timeout` after `timeoutMs`, and once the session has ended. */
   async nextResult(timeoutMs?: number): Promise<LiveResult> {
-    const deadline = timeoutMs === undefined ? null : performance.now() + timeoutMs;
-    for (;;) {
-      const item = this.items[0];
-      if (item && !("end" in item)) {
-        this.items.shift();
-        return item;
-      }
-      if (item) throw this.endError(item.end);
-      const left = deadline === null ? null : deadline - performance.now();
-      if (left !== null && left <= 0) throw new LatentBridgeError("no live result in time", "timeout", { jobId: this.jobId });
-      await this.changed(left);
-    }
+    const item = await this.next(timeoutMs === undefined ? null : performance.now() + timeoutMs);
+    if ("end" in item) throw this.endError(item.end);
+    return item;
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<LiveResult> {
     for (;;) {
-      const item = this.items[0];
-      if (item && !("end" in item)) {
-        this.items.shift();
+      const item = await this.next(null);
+      if (!("end" in item)) {
         yield item;
         continue;
       }
-      if (item) {
-        if (item.end instanceof LatentBridgeError) throw item.end;
-        return;
-      }
-      await this.changed(null);
+      if (item.end instanceof LatentBridgeError) throw item.end;
+      return;
+    }
+  }
+
+  /** The next result (taken), or the session's end (left in place: every later call sees it). */
+  private async next(deadline: number | null): Promise<Item> {
+    for (;;) {
+      const item = this.items[0];
+      if (item) return "end" in item ? item : this.items.shift()!;
+      const left = deadline === null ? null : deadline - performance.now();
+      if (left !== null && left <= 0) throw new LatentBridgeError("no live result in time", "timeout", { jobId: this.jobId });
+      await this.changed(left);
     }
   }
 

@@ -70,35 +70,33 @@ export class LiveSession {
     }
     /** The next result to arrive; rejects with `timeout` after `timeoutMs`, and once the session has ended. */
     async nextResult(timeoutMs) {
-        const deadline = timeoutMs === undefined ? null : performance.now() + timeoutMs;
+        const item = await this.next(timeoutMs === undefined ? null : performance.now() + timeoutMs);
+        if ("end" in item)
+            throw this.endError(item.end);
+        return item;
+    }
+    async *[Symbol.asyncIterator]() {
+        for (;;) {
+            const item = await this.next(null);
+            if (!("end" in item)) {
+                yield item;
+                continue;
+            }
+            if (item.end instanceof LatentBridgeError)
+                throw item.end;
+            return;
+        }
+    }
+    /** The next result (taken), or the session's end (left in place: every later call sees it). */
+    async next(deadline) {
         for (;;) {
             const item = this.items[0];
-            if (item && !("end" in item)) {
-                this.items.shift();
-                return item;
-            }
             if (item)
-                throw this.endError(item.end);
+                return "end" in item ? item : this.items.shift();
             const left = deadline === null ? null : deadline - performance.now();
             if (left !== null && left <= 0)
                 throw new LatentBridgeError("no live result in time", "timeout", { jobId: this.jobId });
             await this.changed(left);
-        }
-    }
-    async *[Symbol.asyncIterator]() {
-        for (;;) {
-            const item = this.items[0];
-            if (item && !("end" in item)) {
-                this.items.shift();
-                yield item;
-                continue;
-            }
-            if (item) {
-                if (item.end instanceof LatentBridgeError)
-                    throw item.end;
-                return;
-            }
-            await this.changed(null);
         }
     }
     /** New settings without a restart (the server renders the last frame again with them). A
